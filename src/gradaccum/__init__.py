@@ -1,0 +1,1 @@
+"""gradaccum: exact, cheap and safe gradient accumulation for PyTorch."""

@@ -1,0 +1,1 @@
+"""Memory: measuring peaks, recognizing out-of-memory errors, sizing micro-batches."""

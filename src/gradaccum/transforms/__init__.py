@@ -1,0 +1,8 @@
+"""Transforms applied at the accumulation points of an optimizer step."""
+
+from gradaccum.transforms.base import MicroContext, Transform, total_norm
+from gradaccum.transforms.clip_global import ClipGlobal
+from gradaccum.transforms.clip_micro import ClipMicro
+from gradaccum.transforms.spec import parse_clip
+
+__all__ = ["ClipGlobal", "ClipMicro", "MicroContext", "Transform", "parse_clip", "total_norm"]
