@@ -368,6 +368,7 @@ class Accumulator:
                 _restore(self.model, snapshot)
             return meter.peak
 
+        probe(1)  # warm-up: first-call allocations (kernels, thread pools) persist anyway
         reserve = optimizer_state_bytes(self.optimizer)
         size = find_micro_batch_size(probe, batch_len(batch), self.memory_budget, reserve)
         log.info("micro-batch size %d fits the memory budget", size)
