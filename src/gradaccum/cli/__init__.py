@@ -1,0 +1,1 @@
+"""The ``gradaccum`` command line."""
