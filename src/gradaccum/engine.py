@@ -293,8 +293,7 @@ class Accumulator:
     def step(self, batch: Batch, loss_fn: LossFn) -> StepResult:
         """One optimizer step over the global ``batch``; retries at half size on OOM."""
         count_fn = self.count_fn or getattr(loss_fn, "count", None) or batch_len
-        if self.auto and self.micro_batch_size is None:
-            self.micro_batch_size = self._probe_micro_batch_size(batch, loss_fn)
+        self.resolve_micro_batch_size(batch, loss_fn)
         while True:
             snapshot = _snapshot(self.model)
             try:
@@ -342,6 +341,15 @@ class Accumulator:
             ) from exc
         self.oom_backoffs += 1
         log.warning("out of memory; retrying the same global batch with %s", new)
+
+    def resolve_micro_batch_size(self, batch: Batch, loss_fn: LossFn) -> int | None:
+        """With ``micro_batch_size="auto"``, measure and fix the size now (else a no-op).
+
+        Probing leaves no trace: gradients, buffers and RNG states are restored.
+        """
+        if self.auto and self.micro_batch_size is None:
+            self.micro_batch_size = self._probe_micro_batch_size(batch, loss_fn)
+        return self.micro_batch_size
 
     def _probe_micro_batch_size(self, batch: Batch, loss_fn: LossFn) -> int:
         """Measure probe steps and pick the largest micro-batch under the memory budget."""

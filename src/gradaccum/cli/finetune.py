@@ -225,6 +225,10 @@ def run(args: argparse.Namespace) -> int:
 
     # The training loop: one engine step per global batch.
     model.train()
+    upcoming = [train[i] for i in sampler.window(sampler.epoch, sampler.position)]
+    engine.resolve_micro_batch_size(upcoming, CausalLMLoss())
+    if config["micro_batch"] == "auto":
+        print(f"micro-batch size {engine.micro_batch_size} fits the memory budget")
     started = time.perf_counter()
     tokens = 0
     bar = tqdm(total=config["max_steps"], initial=engine.steps, unit="step", dynamic_ncols=True)
