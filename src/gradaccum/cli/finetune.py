@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--model", default=DEFAULT_SPEC, help="gemma3-270m, random:FAMILY, folder, .gguf"
     )
     p.add_argument("--data", default=None, help=".txt, .jsonl or a folder (default: Python docs)")
-    p.add_argument("--out", default="runs/finetune", help="output folder")
+    p.add_argument("--out", default=None, help="output folder (default: runs/finetune-TIME)")
     p.add_argument("--method", choices=["lora", "full"], default="lora")
     p.add_argument("--global-batch", type=int, default=8, help="sequences per optimizer step")
     p.add_argument("--micro-batch", default="4", help="sequences per micro-batch, or 'auto'")
@@ -99,6 +99,10 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         if not ok:
             raise UserError(f"{flag} has an impossible value: see 'gradaccum finetune --help'")
     parse_clip(args.clip)  # fail early on a bad spec
+    if args.out is None:
+        if args.resume:
+            raise UserError("--resume needs --out naming the run folder to continue")
+        args.out = time.strftime("runs/finetune-%Y%m%d-%H%M%S")
     return {
         "model": args.model,
         "data": str(Path(args.data).resolve()) if args.data else "pydoc_data.topics",
