@@ -57,11 +57,15 @@ class Window:
 
     ``total_items`` is the window's count of loss-bearing items; when it is not known up
     front, pass ``None`` and the gradient is normalized by the items seen, at the end.
+    ``total_samples`` (the window's sample count) is handed to transforms that need it.
     """
 
-    def __init__(self, engine: Accumulator, total_items: int | None) -> None:
+    def __init__(
+        self, engine: Accumulator, total_items: int | None, total_samples: int | None = None
+    ) -> None:
         self.engine = engine
         self.total_items = total_items
+        self.total_samples = total_samples
         self.params = engine.params
         self.isolate = engine.isolates_micro_batches
         self.acc: list[Tensor | None] = [None] * len(self.params)
@@ -105,6 +109,18 @@ class Window:
         if scaler is not None:
             scaled = scaler.scale(scaled)
         scaled.backward()
+        loss_scale = self._scale * (float(scaler.get_scale()) if scaler is not None else 1.0)
+        ctx = MicroContext(
+            index=self.micro_batches - 1,
+            items=items,
+            to_mean=1.0 / (loss_scale * items) if items else 0.0,
+            samples=samples,
+            loss_scale=loss_scale,
+            window_items=self.total_items,
+            window_samples=self.total_samples,
+        )
+        for t in self.engine.transforms:
+            self._record(t.after_backward(self.params, ctx))
         if not self.isolate:
             self._keep(loss_sum, items)
             return
@@ -113,14 +129,9 @@ class Window:
             self._drop(items, "non-finite gradient")
             return
         self._keep(loss_sum, items)
-        to_mean = 1.0 / (self._scale * items) if items else 0.0
-        if scaler is not None:
-            to_mean /= float(scaler.get_scale())
-        ctx = MicroContext(index=self.micro_batches - 1, items=items, to_mean=to_mean)
         for t in self.engine.transforms:
             if t.isolates_micro_batches:
-                for k, v in t.micro(grads, ctx).items():
-                    self.micro_info.setdefault(k, []).append(v)
+                self._record(t.micro(grads, ctx))
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
@@ -129,6 +140,10 @@ class Window:
             else:
                 self.acc[i].add_(p.grad)
             p.grad = None
+
+    def _record(self, info: dict[str, float]) -> None:
+        for k, v in info.items():
+            self.micro_info.setdefault(k, []).append(v)
 
     def _keep(self, loss_sum: Tensor, items: int) -> None:
         self.loss_total += loss_sum.detach().double().cpu()
@@ -282,9 +297,9 @@ class Accumulator:
         """The forward-pass autocast context of this engine's precision."""
         return self.precision.autocast()
 
-    def window(self, total_items: int | None = None) -> Window:
+    def window(self, total_items: int | None = None, total_samples: int | None = None) -> Window:
         """A window for a hand-written micro-batch loop (use as a context manager)."""
-        return Window(self, total_items)
+        return Window(self, total_items, total_samples)
 
     def current_lr(self) -> float | None:
         groups = self.optimizer.param_groups
@@ -316,7 +331,7 @@ class Accumulator:
             size_fn=self.size_fn,
             collate=self.collate,
         )
-        window = Window(self, plan.total)
+        window = Window(self, plan.total, sum(plan.sizes))
         try:
             for micro, items, size in zip(plan.micro_batches, plan.counts, plan.sizes, strict=True):
                 with self.autocast():

@@ -3,6 +3,9 @@
 The engine calls every transform at the points it defines:
 
 * ``begin_window(model)``   before the first micro-batch of a window (hooks go in here);
+* ``after_backward(params, ctx)`` right after each micro-batch's backward, before its
+  gradient is read: the per-sample point, where a transform that captured per-sample
+  quantities during backward writes its gradient into ``p.grad``;
 * ``micro(grads, ctx)``     after each micro-batch's backward, on that micro-batch's
   gradient alone, before it is added to the accumulator (only for transforms with
   ``isolates_micro_batches = True``);
@@ -29,6 +32,11 @@ class MicroContext:
     items: int
     to_mean: float
     """Multiply the micro-batch gradient by this to get its own mean-over-items gradient."""
+    samples: int = 0
+    loss_scale: float = 1.0
+    """What the summed loss was multiplied by before backward (1/window items x amp scale)."""
+    window_items: int | None = None
+    window_samples: int | None = None
 
 
 class Transform:
@@ -38,6 +46,10 @@ class Transform:
 
     def begin_window(self, model: nn.Module) -> None:
         """Prepare for a new window (e.g. install hooks)."""
+
+    def after_backward(self, params: list[Tensor], ctx: MicroContext) -> dict[str, float]:
+        """The per-sample point: runs after every micro-batch's backward."""
+        return {}
 
     def micro(self, grads: list[Tensor], ctx: MicroContext) -> dict[str, float]:
         """Act on one micro-batch's gradient in place."""
