@@ -34,10 +34,13 @@ class CausalLMLoss:
 
 
 def token_loss_sum(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """Summed next-token cross-entropy of ``logits`` (B, T, V) against ``labels`` (B, T)."""
-    shifted = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    target = labels[:, 1:].reshape(-1).to(shifted.device)
-    return F.cross_entropy(shifted, target, ignore_index=ignore_index, reduction="sum")
+    """Summed next-token cross-entropy of ``logits`` (B, T, V) against ``labels`` (B, T).
+
+    The labels are shifted (not the logits), which avoids copying the logits tensor.
+    """
+    target = F.pad(labels[:, 1:], (0, 1), value=ignore_index).reshape(-1).to(logits.device)
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    return F.cross_entropy(flat, target, ignore_index=ignore_index, reduction="sum")
 
 
 class SampleLoss:
