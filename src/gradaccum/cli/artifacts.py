@@ -46,7 +46,7 @@ def plot_loss_curve(records: list[dict[str, Any]], path: Path) -> None:
         ax.plot(
             [r["step"] for r in evals],
             [r["heldout_loss"] for r in evals],
-            "o--",
+            "o",
             label="held-out loss",
         )
     ax.set_xlabel("optimizer step")
