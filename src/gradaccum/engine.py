@@ -77,6 +77,7 @@ class Window:
         self.dropped = 0
         self.micro_info: dict[str, list[float]] = {}
         self.result: StepResult | None = None
+        self.retain_graph = False
         for p in self.params:
             p.grad = None
         for t in engine.transforms:
@@ -91,12 +92,17 @@ class Window:
         else:
             self.abort()
 
-    @property
-    def _scale(self) -> float:
+    def _scale(self, task: str | None) -> float:
+        """What a micro-batch's summed loss is multiplied by before backward."""
         return 1.0 / self.total_items if self.total_items else 1.0
 
-    def backward(self, loss_sum: Tensor, items: int, samples: int = 0) -> None:
-        """Backpropagate one micro-batch's summed loss over ``items`` loss-bearing items."""
+    def backward(
+        self, loss_sum: Tensor, items: int, samples: int = 0, task: str | None = None
+    ) -> None:
+        """Backpropagate one micro-batch's summed loss over ``items`` loss-bearing items.
+
+        ``task`` names the task the loss belongs to in a multi-task window.
+        """
         self.micro_batches += 1
         self.items_seen += items
         self.samples += samples
@@ -104,12 +110,13 @@ class Window:
         if drop_mode and not bool(torch.isfinite(loss_sum.detach())):
             self._drop(items, "non-finite loss")
             return
-        scaled = loss_sum * self._scale
+        scale = self._scale(task)
+        scaled = loss_sum * scale
         scaler = self.engine.precision.scaler
         if scaler is not None:
             scaled = scaler.scale(scaled)
-        scaled.backward()
-        loss_scale = self._scale * (float(scaler.get_scale()) if scaler is not None else 1.0)
+        scaled.backward(retain_graph=self.retain_graph)
+        loss_scale = scale * (float(scaler.get_scale()) if scaler is not None else 1.0)
         ctx = MicroContext(
             index=self.micro_batches - 1,
             items=items,
@@ -122,16 +129,20 @@ class Window:
         for t in self.engine.transforms:
             self._record(t.after_backward(self.params, ctx))
         if not self.isolate:
-            self._keep(loss_sum, items)
+            self._keep(loss_sum, items, task)
             return
         grads = [p.grad for p in self.params if p.grad is not None]
         if drop_mode and scaler is None and not bool(torch.isfinite(total_norm(grads))):
             self._drop(items, "non-finite gradient")
             return
-        self._keep(loss_sum, items)
+        self._keep(loss_sum, items, task)
         for t in self.engine.transforms:
             if t.isolates_micro_batches:
                 self._record(t.micro(grads, ctx))
+        self._accumulate(task)
+
+    def _accumulate(self, task: str | None) -> None:
+        """Move one micro-batch's gradient from ``p.grad`` into the accumulator."""
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
@@ -141,11 +152,28 @@ class Window:
                 self.acc[i].add_(p.grad)
             p.grad = None
 
+    def _gather(self) -> dict[str, float]:
+        """Leave the window's normalized gradient in ``p.grad``."""
+        if self.isolate:
+            for p, g in zip(self.params, self.acc, strict=True):
+                p.grad = g
+            self.acc = [None] * len(self.params)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        # Renormalize if the count was unknown up front or micro-batches were dropped.
+        if self.items_kept and (self.total_items is None or self.items_kept != self.items_seen):
+            factor = (self.total_items or 1) / self.items_kept
+            if factor != 1.0:
+                torch._foreach_mul_(grads, factor)
+        return {}
+
+    def _mean_loss(self) -> float:
+        return float(self.loss_total / self.items_kept) if self.items_kept else math.nan
+
     def _record(self, info: dict[str, float]) -> None:
         for k, v in info.items():
             self.micro_info.setdefault(k, []).append(v)
 
-    def _keep(self, loss_sum: Tensor, items: int) -> None:
+    def _keep(self, loss_sum: Tensor, items: int, task: str | None) -> None:
         self.loss_total += loss_sum.detach().double().cpu()
         self.items_kept += items
 
@@ -172,24 +200,16 @@ class Window:
                 f"the window was opened for {self.total_items} items but backward() "
                 f"was given {self.items_seen}"
             )
-        if self.isolate:
-            for p, g in zip(self.params, self.acc, strict=True):
-                p.grad = g
-            self.acc = [None] * len(self.params)
+        gathered = self._gather()
         grads = [p.grad for p in self.params if p.grad is not None]
-        # Renormalize if the count was unknown up front or micro-batches were dropped.
-        if self.items_kept and (self.total_items is None or self.items_kept != self.items_seen):
-            done = self.total_items or 1
-            factor = done / self.items_kept
-            if factor != 1.0:
-                torch._foreach_mul_(grads, factor)
         scaler = eng.precision.scaler
         if scaler is not None and grads:
             scaler.unscale_(eng.optimizer)
         norm = total_norm(grads)
-        loss = float(self.loss_total / self.items_kept) if self.items_kept else math.nan
+        loss = self._mean_loss()
         reason = self._skip_reason(norm, loss, grads)
         info: dict[str, float] = {k: sum(v) / len(v) for k, v in self.micro_info.items()}
+        info.update(gathered)
         if reason is None:
             for t in eng.transforms:
                 info.update(t.window(grads, norm))
@@ -242,6 +262,12 @@ class Accumulator:
     or ``token_budget`` (with ``size_fn``). ``collate`` turns a list slice of samples into
     a micro-batch; ``count_fn`` counts a micro-batch's loss-bearing items (default: the
     loss function's ``count`` method if it has one, else the number of samples).
+
+    Multi-task: with a ``combiner`` (see ``gradaccum.multitask``) the loss is a
+    ``TaskLoss`` returning one summed loss per task; each task's gradient accumulates in
+    its own buffer and the combiner merges them before the step (``task_window.py``).
+    ``shared_params`` names the last shared layer (GradNorm); the combiner's ``schedule``
+    decides which tasks each micro-batch runs (all of them, or one in stochastic mode).
     """
 
     def __init__(
@@ -259,6 +285,9 @@ class Accumulator:
         precision: str = "fp32",
         nonfinite: str = "skip_step",
         memory_budget: int | None = None,
+        combiner: Any = None,
+        shared_params: Sequence[Tensor] | None = None,
+        task_buffer_dtype: torch.dtype = torch.float32,
     ) -> None:
         if nonfinite not in NONFINITE_MODES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
@@ -281,6 +310,13 @@ class Accumulator:
         self.params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
         self.device = self.params[0].device if self.params else torch.device("cpu")
         self.precision = make_precision(precision, self.device.type)
+        self.combiner = combiner
+        self.task_buffer_dtype = task_buffer_dtype
+        self.shared_slice = None
+        if shared_params is not None:
+            from gradaccum.task_window import shared_slice
+
+            self.shared_slice = shared_slice(self.params, shared_params)
         self.steps = 0
         self.windows = 0
         self.skipped_steps = 0
@@ -323,6 +359,8 @@ class Accumulator:
             return result
 
     def _run(self, batch: Batch, loss_fn: LossFn, count_fn: CountFn) -> StepResult:
+        if self.combiner is not None:
+            return self._run_tasks(batch, loss_fn)
         plan = make_plan(
             batch,
             count_fn,
@@ -340,6 +378,47 @@ class Accumulator:
         except BaseException:
             window.abort()
             raise
+        return window.finish()
+
+    def _run_tasks(self, batch: Batch, loss_fn: Any) -> StepResult:
+        from gradaccum.task_window import TaskWindow
+
+        plan = make_plan(
+            batch,
+            loss_fn.count,
+            micro_batch_size=self.micro_batch_size,
+            token_budget=self.token_budget,
+            size_fn=self.size_fn,
+            collate=self.collate,
+        )
+        names = list(loss_fn.tasks)
+        k = len(plan.micro_batches)
+        schedule = self.combiner.schedule(k, names)
+        assigned = [names] * k if schedule is None else [[t] for t in schedule]
+        totals = {
+            t: sum(c[t] for c, ts in zip(plan.counts, assigned, strict=True) if t in ts)
+            for t in names
+        }
+        batch_norms = _batch_norms(self.model) if getattr(self.combiner, "bn_eval", False) else []
+        modes = [m.training for m in batch_norms]
+        window = TaskWindow(self, totals, sum(plan.sizes))
+        try:
+            for m in batch_norms:
+                m.eval()
+            for micro, counts, size, tasks in zip(
+                plan.micro_batches, plan.counts, plan.sizes, assigned, strict=True
+            ):
+                with self.autocast():
+                    losses = loss_fn(self.model, micro, tasks)
+                for i, task in enumerate(tasks):
+                    window.retain_graph = i < len(tasks) - 1
+                    window.backward(losses[task], counts[task], size if i == 0 else 0, task)
+        except BaseException:
+            window.abort()
+            raise
+        finally:
+            for m, mode in zip(batch_norms, modes, strict=True):
+                m.train(mode)
         return window.finish()
 
     def _back_off(self, exc: BaseException) -> None:
@@ -409,6 +488,7 @@ class Accumulator:
             "micro_batch_size": self.micro_batch_size,
             "token_budget": self.token_budget,
             "scaler": scaler.state_dict() if scaler is not None else None,
+            "combiner": self.combiner.state_dict() if self.combiner is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -418,6 +498,12 @@ class Accumulator:
         self.token_budget = state["token_budget"]
         if state.get("scaler") and self.precision.scaler is not None:
             self.precision.scaler.load_state_dict(state["scaler"])
+        if state.get("combiner") is not None and self.combiner is not None:
+            self.combiner.load_state_dict(state["combiner"])
+
+
+def _batch_norms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 @dataclass

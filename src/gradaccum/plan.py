@@ -82,7 +82,8 @@ class Plan:
     """Materialized micro-batches of one global batch with their loss-bearing item counts."""
 
     micro_batches: list[Batch]
-    counts: list[int]
+    counts: list[Any]
+    """Loss-bearing items per micro-batch: ints, or dicts of ints per task."""
     sizes: list[int]
 
     @property
@@ -112,5 +113,12 @@ def make_plan(
     micro = [slice_batch(batch, r.start, r.stop) for r in ranges]
     if collate is not None:
         micro = [collate(m) for m in micro]
-    counts = [int(count_fn(m)) for m in micro]
+    counts = [_as_count(count_fn(m)) for m in micro]
     return Plan(micro_batches=micro, counts=counts, sizes=[len(r) for r in ranges])
+
+
+def _as_count(value: Any) -> Any:
+    """An int (or a dict of ints per task) from what a count function returned."""
+    if isinstance(value, Mapping):
+        return {k: int(v) for k, v in value.items()}
+    return int(value)
