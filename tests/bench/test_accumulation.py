@@ -2,11 +2,11 @@ import json
 
 from accelerate.state import AcceleratorState, GradientState
 
-from gradaccum.bench.accumulation import format_table, run_accumulation_bench
+from gradaccum.bench.accumulation import format_table, run
 
 
 def test_quick_bench_is_exact_where_accelerate_is_not() -> None:
-    result = run_accumulation_bench(quick=True)
+    result = run(quick=True)
     assert result["ks"] == [2, 4, 8]
     assert [d["k"] for d in result["per_k"]] == result["ks"]
     assert result["tokens"] < result["padded_tokens"]

@@ -183,7 +183,7 @@ def _fresh_accelerator(k: int) -> Any:
     return Accelerator(gradient_accumulation_steps=k, cpu=True)
 
 
-def run_accumulation_bench(quick: bool = False, seed: int = 0) -> dict:
+def run(quick: bool = False, seed: int = 0) -> dict:
     """Gradient error and throughput of gradaccum and Accelerate against one pass."""
     shape = QUICK if quick else FULL
     if any(shape.sequences % k for k in shape.ks) or REPORTED_K not in shape.ks:
