@@ -87,9 +87,23 @@ def cross(a: Tensor, b: Tensor) -> Tensor:
     return out.cpu()
 
 
+def mix_rows(coef: Tensor, grads: Tensor) -> Tensor:
+    """``coef @ grads`` for (M, N) coefficients, computed in fp64 over column chunks.
+
+    fp64 because a coefficient may be huge where its row is tiny (their product is not);
+    the result has the dtype and device of ``grads``.
+    """
+    coef = coef.to(device=grads.device, dtype=torch.float64)
+    out = torch.empty(coef.shape[0], grads.shape[1], dtype=grads.dtype, device=grads.device)
+    for start in range(0, grads.shape[1], GRAM_CHUNK):
+        cols = slice(start, start + GRAM_CHUNK)
+        out[:, cols] = coef @ grads[:, cols].double()
+    return out
+
+
 def weighted_rows(coef: Tensor, grads: Tensor) -> Tensor:
-    """``sum_k coef[k] * grads[k]`` as a (P,) tensor in the dtype and device of ``grads``."""
-    return coef.to(device=grads.device, dtype=grads.dtype) @ grads
+    """``sum_k coef[k] * grads[k]`` as a (P,) tensor (see ``mix_rows``)."""
+    return mix_rows(coef.reshape(1, -1), grads)[0]
 
 
 def generator_state(gen: torch.Generator) -> list[int]:
