@@ -1,4 +1,4 @@
-"""Parse a clipping spec such as ``none``, ``global:1.0`` or ``micro:0.5`` into transforms."""
+"""Parse a clipping spec such as ``none``, ``global:1.0``, ``micro:0.5`` or ``per-sample:1``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ from gradaccum.errors import UserError
 from gradaccum.transforms.base import Transform
 from gradaccum.transforms.clip_global import ClipGlobal
 from gradaccum.transforms.clip_micro import ClipMicro
+from gradaccum.transforms.clip_per_sample import ClipPerSample
 
-_KINDS = {"global": ClipGlobal, "micro": ClipMicro}
-FORMS = "none, global:MAX_NORM, micro:MAX_NORM (join several with '+', e.g. micro:1+global:1)"
+_KINDS = {"global": ClipGlobal, "micro": ClipMicro, "per-sample": ClipPerSample}
+FORMS = (
+    "none, global:MAX_NORM, micro:MAX_NORM, per-sample:LAMBDA "
+    "(join several with '+', e.g. per-sample:1+global:1)"
+)
 
 
 def parse_clip(spec: str | None) -> list[Transform]:
