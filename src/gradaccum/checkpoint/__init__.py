@@ -9,6 +9,7 @@ from gradaccum.checkpoint.store import (
     Checkpoint,
     latest_checkpoint,
     load_checkpoint,
+    published_steps,
     save_checkpoint,
     step_dir,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "flatten_optimizer_state",
     "latest_checkpoint",
     "load_checkpoint",
+    "published_steps",
     "restore_rng_state",
     "save_checkpoint",
     "step_dir",

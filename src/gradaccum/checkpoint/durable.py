@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import Iterable
@@ -52,3 +53,19 @@ def hash_file(path: Path) -> FileRecord:
     with open(path, "rb") as f:
         digest = hashlib.file_digest(f, "sha256")
         return FileRecord(digest.hexdigest(), f.tell())
+
+
+DISK_FIXES = {
+    errno.ENOSPC: "free space or choose another --out",
+    errno.EDQUOT: "free space or choose another --out",
+    errno.EACCES: "fix the folder's permissions or choose another --out",
+    errno.EPERM: "fix the folder's permissions or choose another --out",
+    errno.EROFS: "choose a writable --out",
+}
+
+
+def write_error(what: str, exc: OSError) -> str:
+    """One line for a failed write: ``cannot write WHAT: reason; fix``."""
+    reason = exc.strerror or str(exc)
+    fix = DISK_FIXES.get(exc.errno, "check that folder or choose another --out")
+    return f"cannot write {what}: {reason}; {fix}"

@@ -7,7 +7,6 @@ lists each file's sha256 and size so that a damaged copy is caught before it is 
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -20,7 +19,13 @@ from typing import Any
 
 import torch
 
-from gradaccum.checkpoint.durable import FileRecord, fsync_dir, hash_file, write_durably
+from gradaccum.checkpoint.durable import (
+    FileRecord,
+    fsync_dir,
+    hash_file,
+    write_durably,
+    write_error,
+)
 from gradaccum.checkpoint.tensorfile import read_tensor_file, safetensors_chunks
 from gradaccum.errors import UserError
 
@@ -86,7 +91,7 @@ def save_checkpoint(
         fsync_dir(tmp)
         _publish(tmp, final)
     except OSError as exc:
-        raise UserError(_write_error(folder, exc)) from exc
+        raise UserError(write_error(f"checkpoint to {folder}", exc)) from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _prune(folder, step, keep_last)
@@ -127,6 +132,14 @@ def latest_checkpoint(folder: Path) -> int | None:
             continue
         return step
     return None
+
+
+def published_steps(folder: Path) -> list[int]:
+    """Steps with a published (renamed into place, manifest present) folder, oldest first.
+
+    Unlike `latest_checkpoint` this does not verify: it tells "no checkpoint" from "damaged".
+    """
+    return _complete_steps(Path(folder))
 
 
 def _all_steps(folder: Path) -> list[int]:
@@ -212,18 +225,3 @@ def _prune(folder: Path, step: int, keep_last: int) -> None:
             )
             continue
         shutil.rmtree(trash, ignore_errors=True)
-
-
-_FIXES = {
-    errno.ENOSPC: "free space or choose another --out",
-    errno.EDQUOT: "free space or choose another --out",
-    errno.EACCES: "fix the folder's permissions or choose another --out",
-    errno.EPERM: "fix the folder's permissions or choose another --out",
-    errno.EROFS: "choose a writable --out",
-}
-
-
-def _write_error(folder: Path, exc: OSError) -> str:
-    reason = exc.strerror or str(exc)
-    fix = _FIXES.get(exc.errno, "check that folder or choose another --out")
-    return f"cannot write checkpoint to {folder}: {reason}; {fix}"

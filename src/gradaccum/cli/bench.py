@@ -12,6 +12,8 @@ import json
 
 BENCHES = {
     "accumulation": "gradaccum.bench.accumulation",
+    "crash": "gradaccum.bench.crash",
+    "soak": "gradaccum.bench.soak",
 }
 
 

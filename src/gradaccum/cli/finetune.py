@@ -20,7 +20,8 @@ import psutil
 import torch
 from tqdm import tqdm
 
-from gradaccum.cli.artifacts import MetricsLog, plot_loss_curve, write_json
+from gradaccum.cli.artifacts import MetricsLog, disk_errors, plot_loss_curve, write_json
+from gradaccum.cli.config_file import defer_defaults, fill_settings, origin
 from gradaccum.cli.run_state import Parts, find_resume_point, restore_run, save_run
 from gradaccum.cli.units import parse_bytes
 from gradaccum.data import (
@@ -70,17 +71,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-every", type=int, default=5, help="checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--force", action="store_true", help="resume even if settings changed")
+    defer_defaults(p)
     p.set_defaults(run=run)
 
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The run's settings with defaults filled in, checked, as written to config.json."""
+    """The run's settings (flags over --config file over defaults), checked, for config.json."""
+    fill_settings(args)
     micro = args.micro_batch
     if micro != "auto":
         try:
             micro = int(micro)
         except ValueError:
-            raise UserError(f"--micro-batch {micro!r}: give a positive integer or 'auto'") from None
+            raise UserError(
+                f"{origin(args, '--micro-batch')} {micro!r}: give a positive integer or 'auto'"
+            ) from None
     budget = parse_bytes(args.memory_budget) if args.memory_budget else None
     if micro == "auto" and budget is None:
         raise UserError("--micro-batch auto needs --memory-budget, e.g. --memory-budget 3GB")
@@ -88,16 +93,22 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         "--global-batch": args.global_batch >= 1,
         "--micro-batch": micro == "auto" or micro >= 1,
         "--max-steps": args.max_steps >= 1,
+        "--seed": 0 <= args.seed < 2**32,
         "--seq-len": args.seq_len >= 2,
-        "--lr": args.lr is None or args.lr > 0,
+        "--lr": args.lr is None or 0 < args.lr < math.inf,
+        "--weight-decay": 0 <= args.weight_decay < math.inf,
         "--eval-samples": args.eval_samples >= 1,
         "--save-every": args.save_every >= 0,
         "--warmup": args.warmup >= 0,
         "--heldout-fraction": 0 < args.heldout_fraction < 1,
+        "--lora-r": args.lora_r >= 1,
+        "--lora-alpha": 0 < args.lora_alpha < math.inf,
     }
     for flag, ok in checks.items():
         if not ok:
-            raise UserError(f"{flag} has an impossible value: see 'gradaccum finetune --help'")
+            raise UserError(
+                f"{origin(args, flag)} has an impossible value: see 'gradaccum finetune --help'"
+            )
     parse_clip(args.clip)  # fail early on a bad spec
     if args.out is None:
         if args.resume:
@@ -156,6 +167,7 @@ def check_out_folder(out: Path, resume: bool) -> None:
         )
 
 
+@disk_errors
 def run(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     out = Path(config["out"])
@@ -271,8 +283,10 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
 
     # Evaluate, save, report.
-    ppl_after = evaluate(engine.steps + engine.skipped_steps)
-    save_run(ckpt_dir, parts, config, {"ppl_before": ppl_before})
+    done = engine.steps + engine.skipped_steps
+    ppl_after = evaluate(done)
+    if not config["save_every"] or done % config["save_every"]:  # else the loop just saved it
+        save_run(ckpt_dir, parts, config, {"ppl_before": ppl_before})
     weights = save_trainable(model, out / ("adapter" if config["method"] == "lora" else "model"))
     if config["method"] == "full":
         tokenizer.save_pretrained(weights)

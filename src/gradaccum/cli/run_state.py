@@ -12,8 +12,8 @@ from torch import nn
 from gradaccum.checkpoint import (
     capture_rng_state,
     flatten_optimizer_state,
-    latest_checkpoint,
     load_checkpoint,
+    published_steps,
     restore_rng_state,
     save_checkpoint,
     unflatten_optimizer_state,
@@ -67,7 +67,8 @@ def save_run(folder: Path, parts: Parts, config: dict[str, Any], extra: dict[str
         **extra,
     }
     tensors = {"trainable": trainable, "optimizer": opt_tensors}
-    return save_checkpoint(folder, parts.engine.steps, tensors, meta)
+    windows = parts.engine.steps + parts.engine.skipped_steps  # skipped steps are done too
+    return save_checkpoint(folder, windows, tensors, meta)
 
 
 def config_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -80,11 +81,13 @@ def config_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
 
 def find_resume_point(folder: Path, config: dict[str, Any], force: bool) -> Any | None:
-    """The checkpoint to resume from, after checking the configuration still matches."""
-    step = latest_checkpoint(folder)
-    if step is None:
+    """The newest checkpoint, verified, after checking the configuration still matches.
+
+    A damaged newest checkpoint is an error naming the file, never a silent fall-back.
+    """
+    if not published_steps(folder):
         return None
-    ckpt = load_checkpoint(folder, step)
+    ckpt = load_checkpoint(folder)
     diffs = config_differences(ckpt.meta["config"], config)
     if diffs and not force:
         raise UserError(
