@@ -10,7 +10,7 @@ from torch import nn
 from gradaccum.engine import Accumulator
 from gradaccum.multitask.base import Combiner, TaskGrads
 from gradaccum.plan import slice_batch
-from gradaccum.task_window import shared_slice
+from gradaccum.task_window import TaskWindow, shared_slice
 from tests.helpers import Capture, max_rel_err
 
 
@@ -148,3 +148,45 @@ def test_a_task_with_no_items_in_the_window_does_not_divide_by_zero():
     )
     assert torch.isfinite(combiner.seen[-1].grads).all()
     assert slice_batch((x, y, z), 0, 1)[0].shape[0] == 1
+
+
+@pytest.mark.parametrize(
+    ("dtype", "nonfinite", "in_place", "tol"),
+    [
+        (torch.float32, "skip_step", True, 1e-5),
+        (torch.float32, "drop_micro_batch", False, 1e-5),  # each micro-batch is checked alone
+        (torch.bfloat16, "skip_step", False, 2e-2),
+    ],
+)
+def test_task_gradients_are_exact_with_and_without_in_place_buffers(
+    dtype, nonfinite, in_place, tol
+):
+    torch.manual_seed(0)
+    model = TwoHeads()
+    batch = data(n=10)
+    want = {t: task_grads(model, batch, t) for t in TwoTaskLoss.tasks}
+    combiner = Recorder()
+    engine = Accumulator(
+        model,
+        Capture(model.parameters()),
+        micro_batch_size=5,
+        combiner=combiner,
+        nonfinite=nonfinite,
+        task_buffer_dtype=dtype,
+    )
+    loss_fn = TwoTaskLoss()
+    counts = loss_fn.count(batch)
+    window = TaskWindow(engine, counts, 10)
+    assert window.in_place is in_place
+    for start in (0, 5):
+        mb = slice_batch(batch, start, start + 5)
+        losses = loss_fn(model, mb, loss_fn.tasks)
+        window.retain_graph = True
+        window.backward(losses["cls"], loss_fn.count(mb)["cls"], 5, "cls")
+        window.retain_graph = False
+        window.backward(losses["reg"], loss_fn.count(mb)["reg"], 0, "reg")
+        assert all(p.grad is None for p in model.parameters())
+    window.finish()
+    tg = combiner.seen[-1]
+    for i, t in enumerate(tg.names):
+        assert max_rel_err([tg.grads[i]], [want[t]]) <= tol

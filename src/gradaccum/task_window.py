@@ -6,6 +6,11 @@ Memory: one flat gradient-sized buffer per task (``task_buffer_dtype``, fp32 by 
 bf16 halves it at some precision cost), on top of the model's own gradients.
 Each task's gradient is normalized by that task's own count of loss-bearing items in the
 micro-batches it ran on, so every task gradient is exact for its share of the window.
+
+Where nothing needs to see a micro-batch's gradient alone (no isolating transform, no
+dropping of non-finite micro-batches) and the buffers have the parameters' dtype, each
+parameter's ``.grad`` is pointed at its slice of the task's buffer before backward, so
+autograd accumulates in place and no gradient is copied.
 """
 
 from __future__ import annotations
@@ -67,6 +72,27 @@ class TaskWindow(Window):
         self.buffers = torch.zeros(shape, dtype=engine.task_buffer_dtype, device=device)
         self.task_loss = dict.fromkeys(self.names, 0.0)
         self.task_items = dict.fromkeys(self.names, 0)
+        same = all(p.dtype == self.buffers.dtype and p.device == device for p in self.params)
+        self.in_place = same and not engine.isolates_micro_batches
+        self._views: dict[str, list[Tensor]] = {}
+
+    def _task_views(self, task: str) -> list[Tensor]:
+        """Each parameter's slice of ``task``'s buffer, shaped like the parameter."""
+        if task not in self._views:
+            row = self.buffers[self.names.index(task)]
+            self._views[task] = [
+                row[start:end].view_as(p)
+                for p, start, end in zip(self.params, self.offsets, self.offsets[1:], strict=False)
+            ]
+        return self._views[task]
+
+    def backward(
+        self, loss_sum: Tensor, items: int, samples: int = 0, task: str | None = None
+    ) -> None:
+        if self.in_place and task in self.task_totals:
+            for p, view in zip(self.params, self._task_views(task), strict=True):
+                p.grad = view
+        super().backward(loss_sum, items, samples, task)
 
     def _scale(self, task: str | None) -> float:
         if task not in self.task_totals:
@@ -81,6 +107,10 @@ class TaskWindow(Window):
         self.items_kept += items
 
     def _accumulate(self, task: str | None) -> None:
+        if self.in_place:  # backward already added into the buffer
+            for p in self.params:
+                p.grad = None
+            return
         row = self.buffers[self.names.index(task)]
         for p, start, end in zip(self.params, self.offsets, self.offsets[1:], strict=False):
             if p.grad is not None:
@@ -100,15 +130,18 @@ class TaskWindow(Window):
         eng = self.engine
         scaler = eng.precision.scaler
         amp = float(scaler.get_scale()) if scaler is not None else 1.0
-        grads = self.buffers.float() / amp  # combiners see real, unscaled gradients
+        grads = self.buffers.float()  # a copy only if the buffers are not fp32
+        if amp != 1.0:
+            grads = grads / amp  # combiners see real, unscaled gradients
         means = self._task_means()
         tg = TaskGrads(
             names=self.names, grads=grads, losses=means, shared=eng.shared_slice, step=eng.steps
         )
         combined, info = eng.combiner.combine(tg)
-        combined = combined * amp  # the engine unscales once, as for a single task
+        if amp != 1.0:
+            combined = combined * amp  # the engine unscales once, as for a single task
         for p, start, end in zip(self.params, self.offsets, self.offsets[1:], strict=False):
             p.grad = combined[start:end].view_as(p).to(p.dtype)
-        self.buffers = torch.empty(0)
+        self.buffers, self._views = torch.empty(0), {}
         info.update({f"loss/{k}": v for k, v in means.items()})
         return info

@@ -14,6 +14,7 @@ BENCHES = {
     "accumulation": "gradaccum.bench.accumulation",
     "crash": "gradaccum.bench.crash",
     "soak": "gradaccum.bench.soak",
+    "multitask": "gradaccum.bench.multitask",
 }
 
 

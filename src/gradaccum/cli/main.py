@@ -12,7 +12,7 @@ from gradaccum.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gradaccum.cli import bench, finetune
+    from gradaccum.cli import bench, experiment, finetune
 
     parser = argparse.ArgumentParser(
         prog="gradaccum", description="Exact, cheap and safe gradient accumulation."
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     finetune.add_parser(sub)
     bench.add_parser(sub)
+    experiment.add_parser(sub)
     return parser
 
 

@@ -18,8 +18,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-GRAM_CHUNK = 1 << 20
-"""Columns per chunk when the Gram matrix is accumulated in fp64 (bounds the fp64 copy)."""
+GRAM_CHUNK = 1 << 16
+"""Columns per chunk when the Gram matrix is accumulated in fp64 (bounds the fp64 copy).
+
+Small enough that each chunk's fp64 copy stays in cache and is not a fresh allocation the
+kernel must fault in: at 1 << 20 columns the Gram pass of a 1M-parameter model was 9x slower.
+"""
 
 
 @dataclass
@@ -83,7 +87,8 @@ def cross(a: Tensor, b: Tensor) -> Tensor:
     out = torch.zeros(a.shape[0], b.shape[0], dtype=torch.float64, device=a.device)
     for start in range(0, a.shape[1], GRAM_CHUNK):
         cols = slice(start, start + GRAM_CHUNK)
-        out += a[:, cols].double() @ b[:, cols].double().T
+        x = a[:, cols].double()
+        out += x @ (x if b is a else b[:, cols].double()).T
     return out.cpu()
 
 

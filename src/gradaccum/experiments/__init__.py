@@ -1,0 +1,1 @@
+"""Reproduction experiments: a paper's setting at small scale, one command each."""
