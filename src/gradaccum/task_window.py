@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from gradaccum.engine import Window
+from gradaccum.window import Window
 
 if TYPE_CHECKING:
     from gradaccum.engine import Accumulator
