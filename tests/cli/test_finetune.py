@@ -117,3 +117,14 @@ def test_sequences_longer_than_context_are_split_and_reported(folders, corpus, t
     assert run(*argv, *FAST[:-6], "--seq-len", "100000", "--max-steps", "1") == 0
     printed = capsys.readouterr().out
     assert "exceeds the model's context" in printed
+
+
+@pytest.mark.parametrize("clip", ["micro:0.5", "per-sample:0.5+global:1"])
+def test_clip_kinds_through_the_cli(folders, corpus, tmp_path, clip):
+    out = tmp_path / "run"
+    argv = ["finetune", "--model", str(folders["qwen2.5"]), "--data", str(corpus)]
+    assert run(*argv, "--out", str(out), *FAST, "--clip", clip) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    key = "micro_clip_coef" if clip.startswith("micro") else "ps_clipped_frac"
+    assert all(key in r and 0 <= r[key] <= 1 for r in train)
