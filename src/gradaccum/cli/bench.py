@@ -15,6 +15,7 @@ BENCHES = {
     "crash": "gradaccum.bench.crash",
     "soak": "gradaccum.bench.soak",
     "multitask": "gradaccum.bench.multitask",
+    "persample": "gradaccum.bench.persample",
 }
 
 

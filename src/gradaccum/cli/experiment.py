@@ -15,6 +15,7 @@ from gradaccum.errors import UserError
 
 EXPERIMENTS = {
     "gcond": "gradaccum.experiments.gcond",
+    "psclip": "gradaccum.experiments.psclip",
 }
 
 
@@ -25,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="a small, fast version (for tests)")
     p.add_argument("--out", default=None, help="output folder (default runs/experiments/NAME)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    p.add_argument("--skip-gemma", action="store_true", help="psclip: leave out the Gemma part")
     p.set_defaults(run=run)
 
 
@@ -33,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
     module = importlib.import_module(EXPERIMENTS[args.name])
     out = args.out or f"runs/experiments/{args.name}"
-    result = module.run(quick=args.quick, seeds=args.seeds, out=out)
+    extra = {"skip_gemma": True} if args.skip_gemma else {}
+    result = module.run(quick=args.quick, seeds=args.seeds, out=out, **extra)
     print(module.format_table(result))
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "runs"}))
