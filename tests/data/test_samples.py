@@ -51,13 +51,17 @@ def bpe():
 def test_chunks_concatenate_to_the_document_tokens(text, seq_len, add_bos):
     tokenizer = CharTokenizer(add_bos)
     samples, report = make_samples([Document("d", text + "x")], tokenizer, seq_len)
-    expected = ([BOS] if add_bos else []) + tokenizer.encode(text + "x", False) + [EOS]
-    joined = [t for s in samples for t in s["input_ids"]]
+    expected = tokenizer.encode(text + "x", False) + [EOS]
+    prefix = [BOS] if add_bos else []
+    assert all(s["input_ids"][: len(prefix)] == prefix for s in samples)  # BOS on every chunk
+    assert all(s["labels"][: len(prefix)] == [-100] * len(prefix) for s in samples)
+    joined = [t for s in samples for t in s["input_ids"][len(prefix) :]]
     assert all(2 <= len(s["input_ids"]) <= seq_len for s in samples)
-    assert all(s["labels"] == s["input_ids"] for s in samples)
+    assert all(s["labels"][len(prefix) :] == s["input_ids"][len(prefix) :] for s in samples)
     assert joined == expected[: len(joined)]
-    assert len(expected) - len(joined) == report.dropped_no_loss <= 1
-    chunks = -(-len(expected) // seq_len)
+    # Only a one-token tail without BOS predicts nothing and is dropped.
+    assert len(expected) - len(joined) == report.dropped_no_loss <= (0 if prefix else 1)
+    chunks = -(-len(expected) // (seq_len - len(prefix)))
     assert (report.docs_split, report.chunks_from_split) == ((1, chunks) if chunks > 1 else (0, 0))
 
 
@@ -67,6 +71,7 @@ def test_only_completion_and_eos_carry_loss(prompt, completion, add_bos):
     tokenizer = CharTokenizer(add_bos)
     (sample,), report = make_samples([Document.pair("p", prompt, completion)], tokenizer, 1000)
     masked = len(prompt) + add_bos
+    assert sample["input_ids"][: int(add_bos)] == [BOS] * add_bos
     assert sample["labels"][:masked] == [-100] * masked
     assert sample["labels"][masked:] == tokenizer.encode(completion, False) + [EOS]
     assert sample["input_ids"][masked:] == sample["labels"][masked:]

@@ -39,31 +39,32 @@ class SampleReport:
 def make_samples(
     docs: list[Document], tokenizer: Any, seq_len: int
 ) -> tuple[list[Sample], SampleReport]:
-    """Tokenize each document (BOS if the tokenizer adds one, EOS appended) and cut it into
-    consecutive chunks of at most seq_len tokens. Prompt tokens of pairs get label -100;
-    chunks in which the model would predict no token are dropped and counted."""
+    """Tokenize each document (EOS appended) and cut it into consecutive chunks of at most
+    seq_len tokens. If the tokenizer puts BOS before text (Llama, Gemma), EVERY chunk starts
+    with BOS: such models score a chunk without it far worse. Prompt tokens of pairs get
+    label -100; chunks in which the model would predict no token are dropped and counted."""
     if seq_len < 2:
         raise UserError(f"sequence length {seq_len} is too short; use at least 2 tokens")
     prefix = _bos_prefix(tokenizer)
+    width = seq_len - len(prefix)
     eos = getattr(tokenizer, "eos_token_id", None)
     suffix = [eos] if eos is not None else []
     samples: list[Sample] = []
     report = SampleReport(documents=len(docs))
     for doc in docs:
-        input_ids, labels = _tokenize(doc, tokenizer, prefix, suffix)
-        starts = range(0, len(input_ids), seq_len)
+        input_ids, labels = _tokenize(doc, tokenizer, suffix)
+        starts = range(0, len(input_ids), width)
         if len(starts) > 1:
             report.docs_split += 1
             report.chunks_from_split += len(starts)
         for start in starts:
-            chunk_labels = labels[start : start + seq_len]
+            chunk_labels = [IGNORE_INDEX] * len(prefix) + labels[start : start + width]
             n_loss = sum(1 for label in chunk_labels[1:] if label != IGNORE_INDEX)
             if n_loss == 0:
                 report.dropped_no_loss += 1
                 continue
-            samples.append(
-                {"input_ids": input_ids[start : start + seq_len], "labels": chunk_labels}
-            )
+            chunk_ids = prefix + input_ids[start : start + width]
+            samples.append({"input_ids": chunk_ids, "labels": chunk_labels})
             report.tokens += len(chunk_labels)
             report.loss_tokens += n_loss
     report.samples = len(samples)
@@ -72,15 +73,13 @@ def make_samples(
     return samples, report
 
 
-def _tokenize(
-    doc: Document, tokenizer: Any, prefix: list[int], suffix: list[int]
-) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) of one whole document; prompt and completion are tokenized
-    apart so the label mask falls exactly on their boundary."""
+def _tokenize(doc: Document, tokenizer: Any, suffix: list[int]) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one whole document without BOS; prompt and completion are
+    tokenized apart so the label mask falls exactly on their boundary."""
     if not doc.is_pair:
-        ids = prefix + _encode(tokenizer, doc.text) + suffix
+        ids = _encode(tokenizer, doc.text) + suffix
         return ids, list(ids)
-    masked = prefix + _encode(tokenizer, doc.prompt)
+    masked = _encode(tokenizer, doc.prompt)
     trained = _encode(tokenizer, doc.completion) + suffix
     return masked + trained, [IGNORE_INDEX] * len(masked) + trained
 
