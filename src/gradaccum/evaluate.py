@@ -19,9 +19,13 @@ def perplexity(
     collate: Callable[[Sequence[Any]], dict[str, torch.Tensor]],
     batch_size: int = 8,
     autocast: Callable[[], Any] | None = None,
+    loss_fn: Any = None,
 ) -> float:
-    """exp(mean token loss) over ``samples``, evaluated in batches, in eval mode."""
-    loss_fn = CausalLMLoss()
+    """exp(mean token loss) over ``samples``, evaluated in batches, in eval mode.
+
+    ``loss_fn`` (default ``CausalLMLoss``) must return the summed token loss and count it.
+    """
+    loss_fn = loss_fn or CausalLMLoss()
     was_training = model.training
     model.eval()
     total, count = 0.0, 0

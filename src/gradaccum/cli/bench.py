@@ -12,6 +12,7 @@ import json
 
 BENCHES = {
     "accumulation": "gradaccum.bench.accumulation",
+    "memory": "gradaccum.bench.memory",
     "crash": "gradaccum.bench.crash",
     "soak": "gradaccum.bench.soak",
     "multitask": "gradaccum.bench.multitask",

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from gradaccum.cli.artifacts import MetricsLog, disk_errors, plot_loss_curve, write_json
+from gradaccum.cli.budget_model import check_method, load_into_shards, plan_budget
 from gradaccum.cli.config_file import defer_defaults, fill_settings, origin
 from gradaccum.cli.run_state import Parts, find_resume_point, restore_run, save_run
 from gradaccum.cli.units import parse_bytes
@@ -55,6 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--global-batch", type=int, default=8, help="sequences per optimizer step")
     p.add_argument("--micro-batch", default="4", help="sequences per micro-batch, or 'auto'")
     p.add_argument("--memory-budget", default=None, help="e.g. 3GB; needed by --micro-batch auto")
+    p.add_argument("--shard-dir", default=None, help="keep weights on disk here (needs a budget)")
     p.add_argument("--clip", default="global:1.0", help="none, global:C, micro:C, micro:C+global:C")
     p.add_argument("--max-steps", type=int, default=12, help="optimizer steps")
     p.add_argument("--seed", type=int, default=0)
@@ -89,6 +91,10 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     budget = parse_bytes(args.memory_budget) if args.memory_budget else None
     if micro == "auto" and budget is None:
         raise UserError("--micro-batch auto needs --memory-budget, e.g. --memory-budget 3GB")
+    if args.shard_dir is not None:
+        if budget is None:
+            raise UserError("--shard-dir needs --memory-budget, e.g. --memory-budget 1GB")
+        check_method(args.method)
     checks = {
         "--global-batch": args.global_batch >= 1,
         "--micro-batch": micro == "auto" or micro >= 1,
@@ -122,6 +128,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         "global_batch": args.global_batch,
         "micro_batch": micro,
         "memory_budget": budget,
+        "shard_dir": args.shard_dir,
         "clip": args.clip,
         "max_steps": args.max_steps,
         "seed": args.seed,
@@ -183,7 +190,10 @@ def run(args: argparse.Namespace) -> int:
 
     # Data and model.
     train_docs, heldout_docs = load_documents(config)
-    loaded = load_model(config["model"])
+    if config["shard_dir"]:  # weights stay on disk, read per layer (gradaccum.memory)
+        loaded, sharded = load_into_shards(config["model"], config["shard_dir"])
+    else:
+        loaded = load_model(config["model"])
     tokenizer = loaded.tokenizer
     print(f"model: {loaded.source} ({loaded.family}, context {loaded.max_length})")
     seq_len = config["seq_len"]
@@ -193,6 +203,9 @@ def run(args: argparse.Namespace) -> int:
     model = loaded.model
     if config["method"] == "lora":
         model = apply_lora(model, r=config["lora_r"], alpha=config["lora_alpha"])
+    loss_fn = CausalLMLoss()
+    if config["shard_dir"]:  # print the memory plan; chunked loss, checkpointing if needed
+        _, loss_fn = plan_budget(model, sharded, config["memory_budget"], seq_len)
     trainable = [p for p in model.parameters() if p.requires_grad]
     print(f"trainable parameters: {sum(p.numel() for p in trainable):,} ({config['method']})")
     train, report = make_samples(train_docs, tokenizer, seq_len)
@@ -225,7 +238,9 @@ def run(args: argparse.Namespace) -> int:
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=ckpt.step if ckpt else None)
 
     def evaluate(step: int) -> float:
-        ppl = perplexity(model, heldout, collate_fn, batch_size=4, autocast=engine.autocast)
+        ppl = perplexity(
+            model, heldout, collate_fn, batch_size=4, autocast=engine.autocast, loss_fn=loss_fn
+        )
         metrics.write(
             {"kind": "eval", "step": step, "heldout_ppl": ppl, "heldout_loss": math.log(ppl)}
         )
@@ -242,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
     # The training loop: one engine step per global batch.
     model.train()
     upcoming = [train[i] for i in sampler.window(sampler.epoch, sampler.position)]
-    engine.resolve_micro_batch_size(upcoming, CausalLMLoss())
+    engine.resolve_micro_batch_size(upcoming, loss_fn)
     if config["micro_batch"] == "auto":
         print(f"micro-batch size {engine.micro_batch_size} fits the memory budget")
     started = time.perf_counter()
@@ -251,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
     while engine.steps + engine.skipped_steps < config["max_steps"]:
         window = [train[i] for i in next(sampler)]
         t0 = time.perf_counter()
-        result = engine.step(window, CausalLMLoss())
+        result = engine.step(window, loss_fn)
         seconds = time.perf_counter() - t0
         window_tokens = sum(len(s["input_ids"]) for s in window)
         tokens += window_tokens

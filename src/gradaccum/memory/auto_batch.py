@@ -19,8 +19,12 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes the optimizer's state will take once it exists but does not yet.
 
     Adam-style optimizers keep two tensors per parameter (three with amsgrad), SGD one
-    with momentum; the state is created at the first step, after any probe has run.
+    with momentum; the state is created at the first step, after any probe has run. An
+    optimizer that keeps its state elsewhere says what it will hold in memory with
+    ``resident_state_bytes()``.
     """
+    if hasattr(optimizer, "resident_state_bytes"):
+        return int(optimizer.resident_state_bytes())
     per_param = 0
     for group in optimizer.param_groups:
         if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):

@@ -16,6 +16,7 @@ import torch
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+_lifetime_peak = 0  # the highest VmHWM seen before any reset
 
 
 def _read_hwm() -> int:
@@ -23,6 +24,11 @@ def _read_hwm() -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     raise OSError("VmHWM not found")
+
+
+def lifetime_peak() -> int:
+    """Peak resident bytes of the whole process so far, across PeakMeter's resets."""
+    return max(_lifetime_peak, _read_hwm())
 
 
 def release_free_memory() -> None:
@@ -52,7 +58,9 @@ class PeakMeter:
             torch.cuda.reset_peak_memory_stats(self.device)
             return self
         release_free_memory()
+        global _lifetime_peak
         try:
+            _lifetime_peak = max(_lifetime_peak, _read_hwm())
             _CLEAR_REFS.write_text("5")
             self._use_hwm = True
         except OSError:

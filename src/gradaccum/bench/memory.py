@@ -1,0 +1,184 @@
+"""Bench: fine-tuning under a memory budget against plain transformers + peft.
+
+Every configuration runs in its own fresh process (``bench.memory_worker``), so each peak
+resident set (VmHWM, kept across the engine's probe resets) is that run's alone, imports
+included. gradaccum runs under its plan's smallest feasible budget: weights in shards,
+chunked cross-entropy, per-block checkpointing, AdamW moments on disk for full
+fine-tuning. Preparing a model (GGUF conversion, random weights, writing shards) happens
+once beforehand in a separate process and is reported apart. Tokens per second count the
+steps after the first; baseline and gradaccum runs alternate, and speed ratios are medians
+of per-round ratios (see ``bench.timing``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gradaccum.models.gguf_cache import cache_dir
+
+FULL_MODELS = ("gemma3-270m", "random:gpt2-full", "random:qwen2.5-full")
+QUICK_MODELS = ("random:gemma3",)
+METHODS = ("lora", "full")
+
+
+def _child(cfg: dict[str, Any]) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "gradaccum.bench.memory_worker", json.dumps(cfg)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"bench child {cfg['runner']} {cfg.get('model')} failed:\n{tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _folder(model: str) -> Path:
+    name = model.replace(":", "-").replace("/", "-")
+    return cache_dir() / "bench-memory" / name
+
+
+def run(quick: bool = False, seed: int = 0, rounds: int | None = None) -> dict[str, Any]:
+    """Measure every (model, method, runner) configuration; see the module docstring."""
+    models = QUICK_MODELS if quick else FULL_MODELS
+    rounds = rounds or 1
+    shape = {"seq_len": 32 if quick else 256, "steps": 2 if quick else 3, "global_batch": 2}
+    rows: list[dict[str, Any]] = []
+    prepared: dict[str, float] = {}
+    scratch = Path(tempfile.mkdtemp(prefix="bench-memory-", dir=cache_dir()))
+    try:
+        for model in models:
+            lora_shards = _folder(model).with_name(_folder(model).name + "-shards")
+            setup = _child(
+                {
+                    "runner": "setup",
+                    "model": model,
+                    "folder": str(_folder(model)),
+                    "shard_dirs": [str(lora_shards)],
+                }
+            )
+            prepared[model] = setup["convert_seconds"]
+            variants = [(m, "fp32") for m in METHODS]
+            if model == "gemma3-270m":
+                variants.append(("lora", "bf16"))
+            for method, precision in variants:
+                for r in range(rounds):
+                    runners = ["baseline", "gradaccum"] if r % 2 == 0 else ["gradaccum", "baseline"]
+                    if precision == "bf16":
+                        runners = ["gradaccum"]
+                    for runner in runners:
+                        shard_dir = lora_shards
+                        if runner == "gradaccum" and method == "full":  # training rewrites them
+                            shard_dir = scratch / f"{model.replace(':', '-')}-{r}"
+                            shutil.rmtree(shard_dir, ignore_errors=True)
+                            _child(
+                                {
+                                    **setup,
+                                    "runner": "setup",
+                                    "model": model,
+                                    "shard_dirs": [str(shard_dir)],
+                                }
+                            )
+                        cfg = {
+                            "runner": runner,
+                            "model": model,
+                            "folder": setup["folder"],
+                            "method": method,
+                            "precision": precision,
+                            "seed": seed,
+                            "shard_dir": str(shard_dir),
+                            "budget": "min",
+                            **shape,
+                        }
+                        out = _child(cfg)
+                        rows.append({**cfg, **out, "round": r})
+                        if runner == "gradaccum" and method == "full":
+                            shutil.rmtree(shard_dir, ignore_errors=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return _summary(rows, prepared, models[0], quick)
+
+
+def _pick(rows: list[dict], **match: Any) -> list[dict]:
+    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+
+
+def _ratio(rows: list[dict], model: str, precision: str) -> float:
+    """Median over rounds of gradaccum / baseline tokens per second (LoRA)."""
+    ratios = []
+    for g in _pick(rows, model=model, method="lora", runner="gradaccum", precision=precision):
+        base = _pick(rows, model=model, method="lora", runner="baseline", precision="fp32")
+        same_round = [b for b in base if b["round"] == g["round"]] or base
+        ratios.append(g["tokens_per_s"] / same_round[0]["tokens_per_s"])
+    return statistics.median(ratios) if ratios else float("nan")
+
+
+def _summary(rows: list[dict], prepared: dict[str, float], main: str, quick: bool) -> dict:
+    def peak(runner: str, method: str) -> float:
+        return max(r["peak_mb"] for r in _pick(rows, model=main, runner=runner, method=method))
+
+    return {
+        "quick": quick,
+        "model": main,
+        "gemma_lora_peak_mb": peak("gradaccum", "lora"),
+        "gemma_full_peak_mb": peak("gradaccum", "full"),
+        "baseline_lora_peak_mb": peak("baseline", "lora"),
+        "baseline_full_peak_mb": peak("baseline", "full"),
+        "lora_tokens_per_s_ratio": _ratio(rows, main, "fp32"),
+        "lora_bf16_tokens_per_s_ratio": _ratio(rows, main, "bf16"),
+        "prepare_seconds": prepared,
+        "runs": [
+            {
+                k: r.get(k)
+                for k in (
+                    "model",
+                    "method",
+                    "runner",
+                    "precision",
+                    "round",
+                    "peak_mb",
+                    "tokens_per_s",
+                    "budget_mb",
+                    "micro_batch_size",
+                    "checkpointing",
+                    "io_per_step",
+                    "losses",
+                )
+            }
+            for r in rows
+        ],
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """One line per run, then the headline numbers."""
+    lines = [
+        f"{'model':22} {'method':6} {'runner':10} {'prec':5} {'budget MiB':>10} "
+        f"{'peak MiB':>9} {'tok/s':>7} {'mb':>3} {'ckpt':>5} {'shard I/O MiB/step':>18}"
+    ]
+    for r in result["runs"]:
+        budget = f"{r['budget_mb']:.0f}" if r.get("budget_mb") else "-"
+        io = r.get("io_per_step") or []
+        io_text = f"{io[-1]['read_mb']:.0f}r/{io[-1]['written_mb']:.0f}w" if io else "-"
+        ckpt = {True: "on", False: "off", None: "-"}[r.get("checkpointing")]
+        lines.append(
+            f"{r['model']:22} {r['method']:6} {r['runner']:10} {r['precision']:5} {budget:>10} "
+            f"{r['peak_mb']:>9.0f} {r['tokens_per_s']:>7.1f} {r.get('micro_batch_size') or '-':>3} "
+            f"{ckpt:>5} {io_text:>18}"
+        )
+    lines.append(
+        f"{result['model']}: LoRA peak {result['gemma_lora_peak_mb']:.0f} MiB "
+        f"(baseline {result['baseline_lora_peak_mb']:.0f}), full peak "
+        f"{result['gemma_full_peak_mb']:.0f} MiB (baseline {result['baseline_full_peak_mb']:.0f}); "
+        f"LoRA tokens/s x{result['lora_tokens_per_s_ratio']:.2f} of baseline "
+        f"(bf16: x{result['lora_bf16_tokens_per_s_ratio']:.2f})"
+    )
+    prep = ", ".join(f"{m} {s:.0f}s" for m, s in result["prepare_seconds"].items())
+    lines.append(f"prepared beforehand (not measured): {prep}")
+    return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""Turn ``--memory-budget`` into a plan: what stays resident, what is sharded, what is recomputed.
+
+The plan starts from what the process already holds (``baseline``: interpreter, torch,
+transformers, the model skeleton, the data) and adds what training needs at minimum:
+the chunked cross-entropy's working set, one sample's activations with per-block
+checkpointing, the trainable state that stays in memory (LoRA adapters with their
+gradients and moments; for full fine-tuning, the fp32 gradients of every weight), and a
+few layers of shard cache. A budget below that sum is refused before any work, naming the
+smallest feasible budget. Spare room turns checkpointing off when it fits (faster), then
+goes to the shard cache; the micro-batch size is left to the engine's measured probe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from gradaccum.errors import UserError
+from gradaccum.memory.chunked_ce import LOGITS_BLOCK_BYTES, vocab_chunk
+
+MiB = 2**20
+MARGIN = 64 * MiB  # allocator slack and Python objects
+MIN_CACHE_LAYERS = 3  # the running module, the prefetched next ones
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """Sizes the plan needs, read from a (skeleton) model without touching its weights."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    vocab: int
+    shard_bytes: int  # fp32 bytes of every sharded weight except embeddings
+    largest_module_bytes: int  # the biggest single module's weights (no embeddings)
+    trainable_resident: int  # parameters that train and stay in memory (LoRA)
+    trainable_sharded: int  # parameters that train and live in shards (full)
+
+    @staticmethod
+    def of(model: nn.Module, trainable_sharded: bool) -> ModelFacts:
+        lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        cfg = lm.config
+        head = lm.get_output_embeddings()  # read by rows, like embeddings
+        shard, largest, resident, sharded = 0, 0, 0, 0
+        seen: set[int] = set()
+        for module in lm.modules():
+            size = 0
+            for p in module.parameters(recurse=False):
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+                if p.requires_grad and not trainable_sharded:
+                    resident += p.numel()
+                    continue
+                sharded += p.numel() if p.requires_grad else 0
+                if not isinstance(module, nn.Embedding) and module is not head:
+                    size += 4 * p.numel()
+            shard += size
+            largest = max(largest, size)
+        return ModelFacts(
+            layers=cfg.num_hidden_layers,
+            hidden=cfg.hidden_size,
+            intermediate=getattr(cfg, "intermediate_size", None) or 4 * cfg.hidden_size,
+            heads=cfg.num_attention_heads,
+            vocab=cfg.vocab_size,
+            shard_bytes=shard,
+            largest_module_bytes=largest,
+            trainable_resident=resident,
+            trainable_sharded=sharded,
+        )
+
+
+@dataclass
+class BudgetPlan:
+    """How a run fits its memory budget; ``describe()`` is printed before training."""
+
+    budget: int
+    minimum: int
+    shard_cache: int
+    checkpointing: bool
+    disk_dtype: str
+    parts: dict[str, int] = field(default_factory=dict)
+    chunked_ce: bool = True
+    micro_batch_size: int | None = None  # set from the engine's probe
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{k} {v / MiB:.0f}" for k, v in self.parts.items())
+        micro = self.micro_batch_size if self.micro_batch_size is not None else "probed"
+        return "\n".join(
+            [
+                f"memory plan for a {self.budget / MiB:.0f} MiB budget "
+                f"(smallest feasible about {self.minimum / MiB:.0f} MiB):",
+                f"  resident MiB: {parts}",
+                f"  shard cache {self.shard_cache / MiB:.0f} MiB, weights on disk as "
+                f"{self.disk_dtype}; chunked cross-entropy on; per-block activation "
+                f"checkpointing {'on' if self.checkpointing else 'off'}; "
+                f"micro-batch size {micro}",
+            ]
+        )
+
+
+def activation_bytes(facts: ModelFacts, tokens: int, checkpointing: bool) -> int:
+    """A generous estimate of one micro-batch's activation memory (fp32)."""
+    per_token_block = 4 * (
+        12 * facts.hidden + 4 * facts.intermediate + 2 * facts.heads * min(tokens, 4096)
+    )
+    block = tokens * per_token_block
+    if checkpointing:
+        return facts.layers * tokens * facts.hidden * 4 * 2 + 2 * block
+    return facts.layers * block + block
+
+
+def cross_entropy_bytes(facts: ModelFacts, tokens: int) -> int:
+    """Working set of the chunked cross-entropy: logits blocks and one weight chunk."""
+    rows = vocab_chunk(tokens, facts.vocab)
+    return 5 * LOGITS_BLOCK_BYTES + 2 * rows * facts.hidden * 4 + tokens * facts.hidden * 12
+
+
+def make_plan(
+    budget: int,
+    baseline: int,
+    facts: ModelFacts,
+    seq_len: int,
+    *,
+    disk_dtype: str = "fp32",
+) -> BudgetPlan:
+    """The plan for ``budget`` bytes, or a UserError naming the smallest feasible budget."""
+    cache_min = min(facts.shard_bytes, MIN_CACHE_LAYERS * facts.largest_module_bytes)
+    adam_chunks = 6 * 8 * MiB if facts.trainable_sharded else 0
+    parts = {
+        "baseline": baseline,
+        "margin": MARGIN,
+        "cross-entropy": cross_entropy_bytes(facts, seq_len),
+        "activations": activation_bytes(facts, seq_len, checkpointing=True),
+        "trainable": 16 * facts.trainable_resident,  # weight, gradient, two moments
+        "gradients": 4 * facts.trainable_sharded + adam_chunks,
+        "shard cache": cache_min,
+    }
+    minimum = sum(parts.values())
+    if budget < minimum:
+        raise UserError(
+            f"memory budget {budget / MiB:.0f} MiB is too small: this model at sequence length "
+            f"{seq_len} needs at least about {minimum / MiB:.0f} MiB "
+            f"({baseline / MiB:.0f} MiB of it before training starts); "
+            f"raise --memory-budget to {-(-minimum // MiB)}MB or more"
+        )
+    spare = budget - minimum
+    extra_activations = activation_bytes(facts, seq_len, False) - parts["activations"]
+    checkpointing = extra_activations > spare // 2
+    if not checkpointing:
+        spare -= extra_activations
+        parts["activations"] += extra_activations
+    cache = min(facts.shard_bytes, cache_min + spare // 2)
+    parts["shard cache"] = cache
+    return BudgetPlan(budget, minimum, cache, checkpointing, disk_dtype, parts)
