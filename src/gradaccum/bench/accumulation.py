@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from gradaccum.bench.recorder import GradRecorder
 from gradaccum.bench.timing import interleaved_timings, paired_ratio, peak_bytes
 from gradaccum.data.collate import collate
 from gradaccum.engine import Accumulator
@@ -46,18 +47,6 @@ class BenchShape:
 
 FULL = BenchShape(4, 256, 4, 8192, 32, 16, 128, (2, 4, 8), 7)
 QUICK = BenchShape(2, 64, 2, 1024, 8, 8, 32, (2, 4, 8), 1)
-
-
-class _Recorder(torch.optim.SGD):
-    """SGD at learning rate 0 that records the gradient it is asked to apply."""
-
-    def __init__(self, params: Any) -> None:
-        super().__init__(params, lr=0.0)
-        self.grads: list[Tensor] = []
-
-    def step(self, closure: Any = None) -> Any:
-        self.grads = [p.grad.detach().clone() for g in self.param_groups for p in g["params"]]
-        return super().step(closure)
 
 
 def build_model(shape: BenchShape, seed: int) -> GPT2LMHeadModel:
@@ -194,7 +183,7 @@ def run(quick: bool = False, seed: int = 0) -> dict:
     names = _names(shape.ks)
     accelerator = _fresh_accelerator(shape.ks[0])
     try:
-        recorders = {name: _Recorder(model.parameters()) for name in names}
+        recorders = {name: GradRecorder(model.parameters()) for name in names}
         peaks = {}
         for name, step in _variants(accelerator, model, batch, shape.ks, recorders).items():
             model.zero_grad(set_to_none=True)

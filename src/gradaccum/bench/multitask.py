@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from gradaccum.bench.multitask_tasks import Problem, cnn_problem, lm_problem
+from gradaccum.bench.recorder import GradRecorder
 from gradaccum.bench.timing import interleaved_timings, paired_ratio
 from gradaccum.engine import Accumulator
 from gradaccum.multitask import make_combiner
@@ -60,18 +61,6 @@ class Shape:
 
 FULL = Shape((2, 4), 4, 32, 32, 1.0, 16, 64, 2, 128, 2048, 11, 1)
 QUICK = Shape((2, 4), 4, 8, 16, 0.25, 8, 12, 1, 32, 64, 1, 0)
-
-
-class _Recorder(torch.optim.SGD):
-    """SGD at learning rate 0 that records the gradient it is asked to apply."""
-
-    def __init__(self, params: Any) -> None:
-        super().__init__(params, lr=0.0)
-        self.grads: list[Tensor] = []
-
-    def step(self, closure: Any = None) -> Any:
-        self.grads = [p.grad.detach().clone() for g in self.param_groups for p in g["params"]]
-        return super().step(closure)
 
 
 def _engine(problem: Problem, k: int, name: str, opt: torch.optim.Optimizer) -> Step:
@@ -136,7 +125,7 @@ def rel_err(a: list[Tensor], b: list[Tensor]) -> float:
 
 def _measure(problem: Problem, shape: Shape) -> dict[str, Any]:
     model = problem.model
-    recorders = {n: _Recorder(model.parameters()) for n in ("plain", "linear")}
+    recorders = {n: GradRecorder(model.parameters()) for n in ("plain", "linear")}
     for name, rec in recorders.items():
         _engine(problem, shape.k, name, rec)()
     exact = rel_err(recorders["linear"].grads, recorders["plain"].grads)

@@ -44,6 +44,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from gradaccum.bench.accumulation import rel_err
 from gradaccum.bench.persample_opacus import Forward, ghost_step, hooks_step
+from gradaccum.bench.recorder import GradRecorder
 from gradaccum.bench.timing import interleaved_timings, paired_ratio
 from gradaccum.engine import Accumulator
 from gradaccum.losses import IGNORE_INDEX, CausalLMLoss, SampleLoss
@@ -89,18 +90,6 @@ class Case:
     batch: Any
     forward: Forward
     batch_size: int
-
-
-class _Recorder(torch.optim.SGD):
-    """SGD at learning rate 0 that records the gradient it is asked to apply."""
-
-    def __init__(self, params: Any) -> None:
-        super().__init__(params, lr=0.0)
-        self.grads: list[Tensor] = []
-
-    def step(self, closure: Any = None) -> Any:
-        self.grads = [p.grad.detach().clone() for g in self.param_groups for p in g["params"]]
-        return super().step(closure)
 
 
 class _SumLoss:
@@ -167,7 +156,7 @@ def cases(shape: BenchShape, seed: int) -> list[Case]:
     return out
 
 
-def _engine_step(case: Case, model: nn.Module, opt: _Recorder, clip: bool) -> Step:
+def _engine_step(case: Case, model: nn.Module, opt: GradRecorder, clip: bool) -> Step:
     transforms = [ClipPerSample(LAM)] if clip else []
     engine = Accumulator(model, opt, micro_batch_size=case.batch_size, transforms=transforms)
     loss = _SumLoss(case.forward)
@@ -178,12 +167,12 @@ def _engine_step(case: Case, model: nn.Module, opt: _Recorder, clip: bool) -> St
     return step
 
 
-def variants(case: Case) -> tuple[dict[str, Step], dict[str, _Recorder]]:
+def variants(case: Case) -> tuple[dict[str, Step], dict[str, GradRecorder]]:
     """Each variant's step on its own copy of the case's model, and its recording optimizer."""
     steps, recorders = {}, {}
     for name in VARIANTS:
         model = copy.deepcopy(case.model)
-        opt = recorders[name] = _Recorder(model.parameters())
+        opt = recorders[name] = GradRecorder(model.parameters())
         if name in ("plain", "gradaccum"):
             steps[name] = _engine_step(case, model, opt, clip=name == "gradaccum")
         else:
@@ -245,7 +234,7 @@ def _check(model: nn.Module, batch: Any, samples: list[Any], loss_fn: Any, micro
     """Relative error of gradaccum's clipped gradient against the per-sample loop."""
     lam = _median_norm(model, samples, loss_fn)
     want = clipped_reference(model, samples, loss_fn, lam)
-    opt = _Recorder([p for p in model.parameters() if p.requires_grad])
+    opt = GradRecorder([p for p in model.parameters() if p.requires_grad])
     engine = Accumulator(model, opt, micro_batch_size=micro, transforms=[ClipPerSample(lam)])
     engine.step(batch, loss_fn)
     return rel_err(opt.grads, want)
