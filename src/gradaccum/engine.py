@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from gradaccum.errors import UserError
 from gradaccum.memory.auto_batch import find_micro_batch_size, optimizer_state_bytes
 from gradaccum.memory.oom import is_oom
-from gradaccum.memory.peak import PeakMeter
+from gradaccum.memory.peak import PeakMeter, bytes_in_use
 from gradaccum.plan import Batch, CountFn, SizeFn, batch_len, make_plan, slice_batch
 from gradaccum.precision import make_precision
 from gradaccum.transforms.base import Transform
@@ -253,7 +253,10 @@ class Accumulator:
 
         probe(1)  # warm-up: first-call allocations (kernels, thread pools) persist anyway
         reserve = optimizer_state_bytes(self.optimizer)
-        size = find_micro_batch_size(probe, batch_len(batch), self.memory_budget, reserve)
+        floor = bytes_in_use(self.device)  # never probe a size predicted to break the budget
+        size = find_micro_batch_size(
+            probe, batch_len(batch), self.memory_budget, reserve, floor=floor
+        )
         log.info("micro-batch size %d fits the memory budget", size)
         return size
 

@@ -9,18 +9,19 @@ import pytest
 from gradaccum.bench.memory import _summary, format_table, run
 
 
-def _row(runner, method, peak, tok_s, precision="fp32"):
+def _row(runner, method, peak, tok_s, precision="fp32", budget="fast"):
     return {
         "model": "m",
         "runner": runner,
         "method": method,
         "precision": precision,
-        "round": 0,
+        "budget": budget if runner == "gradaccum" else "-",
         "peak_mb": peak,
         "tokens_per_s": tok_s,
         "budget_mb": 700.0 if runner == "gradaccum" else None,
         "micro_batch_size": 2 if runner == "gradaccum" else None,
         "checkpointing": True if runner == "gradaccum" else None,
+        "allocator": "trim" if runner == "gradaccum" else None,
         "io_per_step": [{"read_mb": 10.0, "written_mb": 0.0}] if runner == "gradaccum" else None,
         "losses": [1.0],
     }
@@ -30,12 +31,14 @@ def test_summary_takes_peaks_and_median_speed_ratios():
     rows = [
         _row("baseline", "lora", 3000, 10),
         _row("gradaccum", "lora", 600, 9),
+        _row("gradaccum", "lora", 450, 5, budget="min"),
         _row("gradaccum", "lora", 620, 25, "bf16"),
         _row("baseline", "full", 5000, 5),
         _row("gradaccum", "full", 1500, 4),
     ]
     result = _summary(rows, {"m": 1.0}, "m", quick=False)
     assert result["gemma_lora_peak_mb"] == 620 and result["baseline_full_peak_mb"] == 5000
+    assert result["gemma_lora_min_budget_peak_mb"] == 450
     assert result["lora_tokens_per_s_ratio"] == pytest.approx(0.9)
     assert result["lora_bf16_tokens_per_s_ratio"] == pytest.approx(2.5)
     table = format_table(result)

@@ -118,3 +118,15 @@ def test_budget_too_small_for_one_sample():
     with pytest.raises(BudgetTooSmall, match="raise the budget to at least"):
         engine.step((torch.randn(8, 64), torch.randint(0, 10, (8,))), SampleLoss())
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_a_floor_keeps_the_search_from_probing_sizes_predicted_to_break_the_budget():
+    calls = []
+
+    def probe(b):
+        calls.append(b)
+        return 100 * MiB + 10 * MiB * b  # 100 MiB in use before probing, 10 MiB per sample
+
+    budget = 100 * MiB + 10 * MiB * 5
+    assert find_micro_batch_size(probe, 64, budget, floor=100 * MiB) == 5
+    assert max(calls) == 5  # 8 (and anything above 5) was predicted, not run

@@ -20,13 +20,15 @@ def test_an_impossible_budget_is_refused_naming_the_smallest_feasible_one():
         make_plan(smallest - 1, 400 * MiB, GEMMA, 256)
     plan = make_plan(smallest, 400 * MiB, GEMMA, 256)
     assert plan.checkpointing and plan.shard_cache >= 3 * GEMMA.largest_module_bytes
-    assert plan.budget == plan.minimum == smallest
+    assert plan.budget == plan.minimum == smallest and plan.allocator == "strict"
+    assert make_plan(plan.fast_minimum, 400 * MiB, GEMMA, 256).allocator == "trim"
 
 
 def test_spare_room_turns_checkpointing_off_then_grows_the_cache():
     roomy = make_plan(4 * 2**30, 400 * MiB, GEMMA, 256)
     assert not roomy.checkpointing
     assert roomy.shard_cache == GEMMA.shard_bytes  # every block weight fits
+    assert roomy.allocator == "trim"
     text = roomy.describe()
     assert "4096 MiB budget" in text and "checkpointing off" in text
     assert "chunked cross-entropy on" in text

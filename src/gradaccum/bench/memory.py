@@ -6,8 +6,9 @@ included. gradaccum runs under its plan's smallest feasible budget: weights in s
 chunked cross-entropy, per-block checkpointing, AdamW moments on disk for full
 fine-tuning. Preparing a model (GGUF conversion, random weights, writing shards) happens
 once beforehand in a separate process and is reported apart. Tokens per second count the
-steps after the first; baseline and gradaccum runs alternate, and speed ratios are medians
-of per-round ratios (see ``bench.timing``).
+steps after the first. gradaccum runs at its plan's smallest budget for the trimming
+allocator mode ("fast"); for Gemma also at the strict mode's smallest budget ("min").
+On a shared machine, single-run speeds drift: compare ratios from quiet runs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,62 +44,48 @@ def _folder(model: str) -> Path:
     return cache_dir() / "bench-memory" / name
 
 
-def run(quick: bool = False, seed: int = 0, rounds: int | None = None) -> dict[str, Any]:
-    """Measure every (model, method, runner) configuration; see the module docstring."""
+def _variants(model: str) -> list[tuple[str, str, str, str]]:
+    """(runner, method, precision, budget) of every run for ``model``, in order."""
+    runs = []
+    for method in METHODS:
+        runs += [("baseline", method, "fp32", "-"), ("gradaccum", method, "fp32", "fast")]
+    if model == "gemma3-270m":
+        runs += [("gradaccum", "lora", "fp32", "min"), ("gradaccum", "lora", "bf16", "fast")]
+    return runs
+
+
+def run(quick: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Measure every configuration of ``_variants``; see the module docstring."""
     models = QUICK_MODELS if quick else FULL_MODELS
-    rounds = rounds or 1
     shape = {"seq_len": 32 if quick else 256, "steps": 2 if quick else 3, "global_batch": 2}
     rows: list[dict[str, Any]] = []
     prepared: dict[str, float] = {}
     scratch = Path(tempfile.mkdtemp(prefix="bench-memory-", dir=cache_dir()))
     try:
         for model in models:
-            lora_shards = _folder(model).with_name(_folder(model).name + "-shards")
-            setup = _child(
-                {
-                    "runner": "setup",
+            lora_shards = str(_folder(model)) + "-shards"
+            setup = {"runner": "setup", "model": model, "folder": str(_folder(model))}
+            folder = _child({**setup, "shard_dirs": [lora_shards]})
+            prepared[model] = folder["convert_seconds"]
+            for runner, method, precision, budget in _variants(model):
+                shard_dir = lora_shards
+                if runner == "gradaccum" and method == "full":  # training rewrites them
+                    shard_dir = str(scratch / "full-shards")
+                    _child({**setup, "shard_dirs": [shard_dir]})
+                cfg = {
+                    "runner": runner,
                     "model": model,
-                    "folder": str(_folder(model)),
-                    "shard_dirs": [str(lora_shards)],
+                    "folder": folder["folder"],
+                    "method": method,
+                    "precision": precision,
+                    "seed": seed,
+                    "shard_dir": shard_dir,
+                    "budget": budget,
+                    **shape,
                 }
-            )
-            prepared[model] = setup["convert_seconds"]
-            variants = [(m, "fp32") for m in METHODS]
-            if model == "gemma3-270m":
-                variants.append(("lora", "bf16"))
-            for method, precision in variants:
-                for r in range(rounds):
-                    runners = ["baseline", "gradaccum"] if r % 2 == 0 else ["gradaccum", "baseline"]
-                    if precision == "bf16":
-                        runners = ["gradaccum"]
-                    for runner in runners:
-                        shard_dir = lora_shards
-                        if runner == "gradaccum" and method == "full":  # training rewrites them
-                            shard_dir = scratch / f"{model.replace(':', '-')}-{r}"
-                            shutil.rmtree(shard_dir, ignore_errors=True)
-                            _child(
-                                {
-                                    **setup,
-                                    "runner": "setup",
-                                    "model": model,
-                                    "shard_dirs": [str(shard_dir)],
-                                }
-                            )
-                        cfg = {
-                            "runner": runner,
-                            "model": model,
-                            "folder": setup["folder"],
-                            "method": method,
-                            "precision": precision,
-                            "seed": seed,
-                            "shard_dir": str(shard_dir),
-                            "budget": "min",
-                            **shape,
-                        }
-                        out = _child(cfg)
-                        rows.append({**cfg, **out, "round": r})
-                        if runner == "gradaccum" and method == "full":
-                            shutil.rmtree(shard_dir, ignore_errors=True)
+                rows.append({**cfg, **_child(cfg)})
+                if shard_dir != lora_shards:
+                    shutil.rmtree(shard_dir, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return _summary(rows, prepared, models[0], quick)
@@ -110,26 +96,28 @@ def _pick(rows: list[dict], **match: Any) -> list[dict]:
 
 
 def _ratio(rows: list[dict], model: str, precision: str) -> float:
-    """Median over rounds of gradaccum / baseline tokens per second (LoRA)."""
-    ratios = []
-    for g in _pick(rows, model=model, method="lora", runner="gradaccum", precision=precision):
-        base = _pick(rows, model=model, method="lora", runner="baseline", precision="fp32")
-        same_round = [b for b in base if b["round"] == g["round"]] or base
-        ratios.append(g["tokens_per_s"] / same_round[0]["tokens_per_s"])
-    return statistics.median(ratios) if ratios else float("nan")
+    """gradaccum / baseline (fp32) tokens per second, LoRA, at the fast budget."""
+    ours = _pick(rows, model=model, method="lora", runner="gradaccum", precision=precision)
+    ours = [r for r in ours if r["budget"] == "fast"]
+    base = _pick(rows, model=model, method="lora", runner="baseline", precision="fp32")
+    if not ours or not base:
+        return float("nan")
+    return ours[0]["tokens_per_s"] / base[0]["tokens_per_s"]
 
 
 def _summary(rows: list[dict], prepared: dict[str, float], main: str, quick: bool) -> dict:
-    def peak(runner: str, method: str) -> float:
-        return max(r["peak_mb"] for r in _pick(rows, model=main, runner=runner, method=method))
+    def peak(runner: str, method: str, budget: str) -> float:
+        match = _pick(rows, model=main, runner=runner, method=method, budget=budget)
+        return max((r["peak_mb"] for r in match), default=float("nan"))
 
     return {
         "quick": quick,
         "model": main,
-        "gemma_lora_peak_mb": peak("gradaccum", "lora"),
-        "gemma_full_peak_mb": peak("gradaccum", "full"),
-        "baseline_lora_peak_mb": peak("baseline", "lora"),
-        "baseline_full_peak_mb": peak("baseline", "full"),
+        "gemma_lora_peak_mb": peak("gradaccum", "lora", "fast"),
+        "gemma_full_peak_mb": peak("gradaccum", "full", "fast"),
+        "gemma_lora_min_budget_peak_mb": peak("gradaccum", "lora", "min"),
+        "baseline_lora_peak_mb": peak("baseline", "lora", "-"),
+        "baseline_full_peak_mb": peak("baseline", "full", "-"),
         "lora_tokens_per_s_ratio": _ratio(rows, main, "fp32"),
         "lora_bf16_tokens_per_s_ratio": _ratio(rows, main, "bf16"),
         "prepare_seconds": prepared,
@@ -141,12 +129,13 @@ def _summary(rows: list[dict], prepared: dict[str, float], main: str, quick: boo
                     "method",
                     "runner",
                     "precision",
-                    "round",
+                    "budget",
                     "peak_mb",
                     "tokens_per_s",
                     "budget_mb",
                     "micro_batch_size",
                     "checkpointing",
+                    "allocator",
                     "io_per_step",
                     "losses",
                 )
@@ -160,7 +149,7 @@ def format_table(result: dict[str, Any]) -> str:
     """One line per run, then the headline numbers."""
     lines = [
         f"{'model':22} {'method':6} {'runner':10} {'prec':5} {'budget MiB':>10} "
-        f"{'peak MiB':>9} {'tok/s':>7} {'mb':>3} {'ckpt':>5} {'shard I/O MiB/step':>18}"
+        f"{'peak MiB':>9} {'tok/s':>7} {'mb':>3} {'ckpt':>5} {'alloc':>6} {'I/O MiB/step':>13}"
     ]
     for r in result["runs"]:
         budget = f"{r['budget_mb']:.0f}" if r.get("budget_mb") else "-"
@@ -170,11 +159,12 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(
             f"{r['model']:22} {r['method']:6} {r['runner']:10} {r['precision']:5} {budget:>10} "
             f"{r['peak_mb']:>9.0f} {r['tokens_per_s']:>7.1f} {r.get('micro_batch_size') or '-':>3} "
-            f"{ckpt:>5} {io_text:>18}"
+            f"{ckpt:>5} {r.get('allocator') or '-':>6} {io_text:>13}"
         )
     lines.append(
         f"{result['model']}: LoRA peak {result['gemma_lora_peak_mb']:.0f} MiB "
-        f"(baseline {result['baseline_lora_peak_mb']:.0f}), full peak "
+        f"({result['gemma_lora_min_budget_peak_mb']:.0f} at the smallest budget; "
+        f"baseline {result['baseline_lora_peak_mb']:.0f}), full peak "
         f"{result['gemma_full_peak_mb']:.0f} MiB (baseline {result['baseline_full_peak_mb']:.0f}); "
         f"LoRA tokens/s x{result['lora_tokens_per_s_ratio']:.2f} of baseline "
         f"(bf16: x{result['lora_bf16_tokens_per_s_ratio']:.2f})"

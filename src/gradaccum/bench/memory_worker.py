@@ -3,7 +3,8 @@
 The argument is a JSON object: ``runner`` (``gradaccum`` or ``baseline``), ``folder`` (a
 Hugging Face model folder), ``method`` (``lora`` or ``full``), ``seq_len``, ``steps``,
 ``global_batch``, ``precision``, ``seed``, ``shard_dir`` and ``budget`` (bytes, or
-``"min"`` for the plan's smallest feasible budget). It trains ``steps`` optimizer steps on
+``"min"`` for the plan's smallest feasible budget, ``"fast"`` for the smallest without the
+strict allocator mode). It trains ``steps`` optimizer steps on
 random token ids and prints one JSON line: the peak resident set of the whole process,
 tokens per second after the first (warm-up) step, the losses, and for gradaccum the plan
 and the shard I/O per step.
@@ -19,8 +20,7 @@ import sys
 import time
 from typing import Any
 
-from gradaccum.memory.malloc import return_memory_promptly
-from gradaccum.memory.peak import lifetime_peak
+from gradaccum.memory.peak import lifetime_peak, release_free_memory
 
 MiB = 2**20
 
@@ -80,7 +80,6 @@ def run_gradaccum(cfg: dict[str, Any]) -> dict[str, Any]:
     from gradaccum.data import collate, count_loss_tokens
     from gradaccum.engine import Accumulator
     from gradaccum.memory.budget_plan import ModelFacts, make_plan
-    from gradaccum.memory.checkpointing import enable_activation_checkpointing
     from gradaccum.memory.chunked_ce import ChunkedCausalLMLoss
     from gradaccum.memory.sharded_adamw import ShardedAdamW
     from gradaccum.memory.sharded_model import load_sharded
@@ -94,14 +93,14 @@ def run_gradaccum(cfg: dict[str, Any]) -> dict[str, Any]:
     if not full:
         model = apply_lora(model)
     facts = ModelFacts.of(model, trainable_sharded=full)
+    release_free_memory()
     baseline = psutil.Process().memory_info().rss
     budget = cfg["budget"]
-    if budget == "min":
-        budget = make_plan(2**50, baseline, facts, cfg["seq_len"]).minimum
+    if budget in ("min", "fast"):
+        smallest = make_plan(2**50, baseline, facts, cfg["seq_len"])
+        budget = smallest.minimum if budget == "min" else smallest.fast_minimum
     plan = make_plan(budget, baseline, facts, cfg["seq_len"])
-    store.resident_bytes = plan.shard_cache
-    if plan.checkpointing:
-        enable_activation_checkpointing(model)
+    plan.apply(model, store)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     if full:
@@ -135,6 +134,7 @@ def run_gradaccum(cfg: dict[str, Any]) -> dict[str, Any]:
         "budget_mb": budget / MiB,
         "micro_batch_size": plan.micro_batch_size,
         "checkpointing": plan.checkpointing,
+        "allocator": plan.allocator,
         "io_per_step": io,
     }
 
@@ -169,8 +169,6 @@ def main(argv: list[str]) -> int:
     if cfg["runner"] == "setup":
         print(json.dumps(run_setup(cfg)))
         return 0
-    if cfg["runner"] == "gradaccum":
-        return_memory_promptly()
     t0 = time.perf_counter()
     import torch
 

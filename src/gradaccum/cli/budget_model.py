@@ -1,8 +1,8 @@
 """``finetune --shard-dir``: the model with its frozen weights on disk, and the budget plan.
 
 The recipe calls ``load_into_shards`` instead of ``load_model`` and, once LoRA is on,
-``plan_budget``: the plan is printed, the shard cache sized, checkpointing switched on
-when activations would not fit, and the chunked cross-entropy returned as the loss.
+``plan_budget``: the plan is printed and applied (shard cache size, checkpointing,
+allocator mode), and the chunked cross-entropy returned as the loss.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from torch import nn
 
 from gradaccum.errors import UserError
 from gradaccum.memory.budget_plan import BudgetPlan, ModelFacts, make_plan
-from gradaccum.memory.checkpointing import enable_activation_checkpointing
 from gradaccum.memory.chunked_ce import ChunkedCausalLMLoss
-from gradaccum.memory.malloc import return_memory_promptly
 from gradaccum.memory.offload import ShardedParameters
+from gradaccum.memory.peak import release_free_memory
 from gradaccum.memory.sharded_model import load_sharded
 from gradaccum.memory.shards import ShardStore
 from gradaccum.models import (
@@ -53,7 +52,6 @@ def model_folder(spec: str) -> Path:
 
 def load_into_shards(spec: str, shard_dir: str) -> tuple[LoadedModel, ShardedParameters]:
     """The model of ``spec`` with every weight frozen in shards under ``shard_dir``."""
-    return_memory_promptly()
     folder = model_folder(spec)
     tokenizer = _load_tokenizer(folder, {"local_files_only": True})
     if tokenizer.pad_token is None:
@@ -68,10 +66,9 @@ def plan_budget(
 ) -> tuple[BudgetPlan, ChunkedCausalLMLoss]:
     """Make, print and apply the plan for ``budget`` bytes; the loss to train with."""
     facts = ModelFacts.of(model, trainable_sharded=False)
+    release_free_memory()  # what loading (the tokenizer above all) freed but glibc kept
     plan = make_plan(budget, psutil.Process().memory_info().rss, facts, seq_len)
-    sharded.store.resident_bytes = plan.shard_cache
-    if plan.checkpointing:
-        enable_activation_checkpointing(model)
+    plan.apply(model, sharded.store)
     print(plan.describe())
     return plan, ChunkedCausalLMLoss()
 

@@ -43,15 +43,24 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 
 def find_micro_batch_size(
-    probe: Callable[[int], int], max_size: int, budget: int, reserve: int = 0
+    probe: Callable[[int], int],
+    max_size: int,
+    budget: int,
+    reserve: int = 0,
+    floor: int | None = None,
 ) -> int:
     """Largest size in ``1..max_size`` whose measured peak plus ``reserve`` fits ``budget``.
 
     ``probe(b)`` runs one forward and backward on ``b`` samples and returns the peak bytes.
     Sizes double until one does not fit, then a binary search settles between the two.
+    With ``floor`` (bytes in use before any probe), a size is probed only if the linear
+    prediction ``floor + b * (peak(1) - floor)`` fits, so a hard budget is not exceeded
+    by probing a size far too large.
     """
 
     def fits(b: int) -> bool:
+        if floor is not None and floor + b * (first - reserve - floor) + reserve > budget:
+            return False
         return probe(b) + reserve <= budget
 
     first = probe(1) + reserve

@@ -6,8 +6,11 @@ the chunked cross-entropy's working set, one sample's activations with per-block
 checkpointing, the trainable state that stays in memory (LoRA adapters with their
 gradients and moments; for full fine-tuning, the fp32 gradients of every weight), and a
 few layers of shard cache. A budget below that sum is refused before any work, naming the
-smallest feasible budget. Spare room turns checkpointing off when it fits (faster), then
-goes to the shard cache; the micro-batch size is left to the engine's measured probe.
+smallest feasible budget. That minimum assumes the strict allocator mode (freed memory
+returned at once, slower); with room for the allocator's slack the plan trims the heap
+after every block instead (``malloc.py``). Further spare room turns checkpointing off
+when it fits (faster), then goes to the shard cache; the micro-batch size is left to the
+engine's measured probe.
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from gradaccum.errors import UserError
+from gradaccum.memory.checkpointing import enable_activation_checkpointing
 from gradaccum.memory.chunked_ce import LOGITS_BLOCK_BYTES, vocab_chunk
+from gradaccum.memory.malloc import return_memory_promptly, transformer_blocks, trim_after_blocks
+from gradaccum.memory.shards import ShardStore
 
 MiB = 2**20
 MARGIN = 64 * MiB  # allocator slack and Python objects
 MIN_CACHE_LAYERS = 3  # the running module, the prefetched next ones
+SLACK_PER_CE = 1.5  # heap slack of the trimming allocator mode, per cross-entropy working set
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,8 @@ class BudgetPlan:
     shard_cache: int
     checkpointing: bool
     disk_dtype: str
+    allocator: str  # "trim" (free pages returned after each block) or "strict"
+    fast_minimum: int  # the smallest budget for the trimming allocator mode
     parts: dict[str, int] = field(default_factory=dict)
     chunked_ce: bool = True
     micro_batch_size: int | None = None  # set from the engine's probe
@@ -91,14 +100,25 @@ class BudgetPlan:
         return "\n".join(
             [
                 f"memory plan for a {self.budget / MiB:.0f} MiB budget "
-                f"(smallest feasible about {self.minimum / MiB:.0f} MiB):",
+                f"(smallest feasible about {self.minimum / MiB:.0f} MiB, "
+                f"{self.fast_minimum / MiB:.0f} MiB without the strict allocator):",
                 f"  resident MiB: {parts}",
                 f"  shard cache {self.shard_cache / MiB:.0f} MiB, weights on disk as "
                 f"{self.disk_dtype}; chunked cross-entropy on; per-block activation "
                 f"checkpointing {'on' if self.checkpointing else 'off'}; "
-                f"micro-batch size {micro}",
+                f"micro-batch size {micro}; allocator {self.allocator}",
             ]
         )
+
+    def apply(self, model: nn.Module, store: ShardStore) -> None:
+        """Size the shard cache; switch checkpointing and the allocator mode as planned."""
+        store.resident_bytes = self.shard_cache
+        if self.checkpointing:
+            enable_activation_checkpointing(model)
+        if self.allocator == "strict":
+            return_memory_promptly()
+        else:
+            trim_after_blocks(transformer_blocks(model))
 
 
 def activation_bytes(facts: ModelFacts, tokens: int, checkpointing: bool) -> int:
@@ -146,7 +166,9 @@ def make_plan(
             f"({baseline / MiB:.0f} MiB of it before training starts); "
             f"raise --memory-budget to {-(-minimum // MiB)}MB or more"
         )
-    spare = budget - minimum
+    slack = int(SLACK_PER_CE * parts["cross-entropy"])
+    allocator = "trim" if budget >= minimum + slack else "strict"
+    spare = budget - minimum - (slack if allocator == "trim" else 0)
     extra_activations = activation_bytes(facts, seq_len, False) - parts["activations"]
     checkpointing = extra_activations > spare // 2
     if not checkpointing:
@@ -154,4 +176,8 @@ def make_plan(
         parts["activations"] += extra_activations
     cache = min(facts.shard_bytes, cache_min + spare // 2)
     parts["shard cache"] = cache
-    return BudgetPlan(budget, minimum, cache, checkpointing, disk_dtype, parts)
+    if allocator == "trim":
+        parts["allocator slack"] = slack
+    return BudgetPlan(
+        budget, minimum, cache, checkpointing, disk_dtype, allocator, minimum + slack, parts
+    )

@@ -1,26 +1,62 @@
-"""Make glibc give freed memory back to the OS at once, so the resident set tracks use.
+"""Keep glibc from holding freed memory, so the resident set tracks what is in use.
 
 glibc serves allocations below a threshold from its heap and raises that threshold each
 time a large block is freed (up to 32 MiB); freed heap space then stays resident behind
-live blocks. Training streams many same-sized blocks (layer weights, logits chunks), so
-under a memory budget that slack costs hundreds of megabytes. Fixing the threshold makes
-every block of 256 KiB or more a private mapping, returned to the OS when freed.
+live blocks. Training streams many large, short-lived blocks (layer weights, logits
+chunks, activations), so that slack reaches hundreds of megabytes. Two remedies, one
+cheap and one strict:
+
+* ``trim_after_blocks``: hand free heap pages back after every transformer block
+  (``malloc_trim``): a few percent slower, most of the slack gone;
+* ``return_memory_promptly``: every block of 256 KiB or more becomes a private mapping,
+  returned the moment it is freed: the lowest peak, but each allocation then costs fresh
+  page faults (about 1.5x slower on CPU).
 """
 
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Iterable
+
+from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 MMAP_THRESHOLD = 256 * 2**10
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
-def return_memory_promptly(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Set glibc's mmap and trim thresholds; False where there is no glibc."""
+def _libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(
-            libc.mallopt(_M_TRIM_THRESHOLD, threshold)
-        )
-    except (OSError, AttributeError):
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def return_memory_promptly(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Set glibc's mmap and trim thresholds; False where there is no glibc."""
+    libc = _libc()
+    if libc is None:
         return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, threshold)
+    )
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks of a transformers model (the units checkpointing works on)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def trim_after_blocks(blocks: Iterable[nn.Module]) -> list[RemovableHandle]:
+    """Return free heap pages to the OS after each block's forward (and recomputation)."""
+    libc = _libc()
+    if libc is None:
+        return []
+
+    def trim(*_: object) -> None:
+        libc.malloc_trim(0)
+
+    return [block.register_forward_hook(trim) for block in blocks]

@@ -39,6 +39,15 @@ def release_free_memory() -> None:
         pass
 
 
+def bytes_in_use(device: torch.device | str = "cpu") -> int:
+    """What the process (CPU: resident set, after returning free heap) or CUDA holds now."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    release_free_memory()
+    return psutil.Process().memory_info().rss
+
+
 class PeakMeter:
     """Context manager measuring peak bytes in use while its body runs.
 
