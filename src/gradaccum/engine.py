@@ -25,6 +25,7 @@ from gradaccum.errors import UserError
 from gradaccum.memory.auto_batch import find_micro_batch_size, optimizer_state_bytes
 from gradaccum.memory.oom import is_oom
 from gradaccum.memory.peak import PeakMeter, bytes_in_use
+from gradaccum.offloaded import OffloadedGradients
 from gradaccum.plan import Batch, CountFn, SizeFn, batch_len, make_plan, slice_batch
 from gradaccum.precision import make_precision
 from gradaccum.transforms.base import Transform
@@ -69,6 +70,7 @@ class Accumulator:
         combiner: Any = None,
         shared_params: Sequence[Tensor] | None = None,
         task_buffer_dtype: torch.dtype = torch.float32,
+        offloaded: OffloadedGradients | None = None,
     ) -> None:
         if nonfinite not in NONFINITE_MODES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
@@ -103,6 +105,20 @@ class Accumulator:
         self.skipped_steps = 0
         self.dropped_micro_batches = 0
         self.oom_backoffs = 0
+        self.offloaded = offloaded
+        if offloaded is not None:
+            self._check_offloaded()
+
+    def _check_offloaded(self) -> None:
+        """Offloaded gradients are never in ``p.grad``: refuse what would need them there."""
+        uniform = all(t.scales_uniformly for t in self.transforms)
+        if self.combiner is not None or self.isolates_micro_batches or not uniform:
+            raise ValueError(
+                "offloaded gradients work with global clipping only: no multi-task combiner, "
+                "no micro-batch or per-sample transforms, nonfinite='skip_step'"
+            )
+        if self.precision.scaler is not None:
+            raise ValueError("offloaded gradients do not support fp16 loss scaling; use bf16")
 
     @property
     def isolates_micro_batches(self) -> bool:
@@ -248,6 +264,8 @@ class Accumulator:
             finally:
                 for p in self.params:
                     p.grad = None
+                if self.offloaded is not None:
+                    self.offloaded.begin_window()
                 _restore(self.model, snapshot)
             return meter.peak
 

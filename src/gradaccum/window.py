@@ -67,8 +67,11 @@ class Window:
         self.micro_info: dict[str, list[float]] = {}
         self.result: StepResult | None = None
         self.retain_graph = False
+        self.offloaded = engine.offloaded
         for p in self.params:
             p.grad = None
+        if self.offloaded is not None:
+            self.offloaded.begin_window()
         for t in engine.transforms:
             t.begin_window(engine.model)
 
@@ -153,6 +156,8 @@ class Window:
             factor = (self.total_items or 1) / self.items_kept
             if factor != 1.0:
                 torch._foreach_mul_(grads, factor)
+                if self.offloaded is not None:
+                    self.offloaded.scale_(factor)
         return {}
 
     def _mean_loss(self) -> float:
@@ -177,6 +182,8 @@ class Window:
         self.acc = [None] * len(self.params)
         for p in self.params:
             p.grad = None
+        if self.offloaded is not None:
+            self.offloaded.begin_window()
         for t in self.engine.transforms:
             t.end_window()
 
@@ -195,6 +202,9 @@ class Window:
         if scaler is not None and grads:
             scaler.unscale_(eng.optimizer)
         norm = total_norm(grads)
+        if self.offloaded is not None:
+            norm = (norm.double() ** 2 + self.offloaded.norm_sq()).sqrt().float()
+            grads = [*grads, self.offloaded.scale]  # uniform scaling reaches it too
         loss = self._mean_loss()
         reason = self._skip_reason(norm, loss, grads)
         info: dict[str, float] = {k: sum(v) / len(v) for k, v in self.micro_info.items()}

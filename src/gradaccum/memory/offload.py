@@ -7,7 +7,8 @@ length of its forward; a saved-tensor hook keeps autograd from holding on to it:
 weight is recorded as a key and read back from the store when backward needs it. With
 per-block activation checkpointing the recomputation runs the same hooks again.
 
-Gradients of trainable sharded parameters land in the placeholder's ``.grad`` as usual.
+Gradients of trainable sharded parameters land in the placeholder's ``.grad`` as usual
+(or in a ``GradSpill``'s files, see ``grad_spill.py``).
 Two parameters are special because they can be huge (a 262k-token embedding): an
 ``nn.Embedding`` reads only the rows of the tokens in the batch, and the tied output
 weight is exposed as a ``RowSource`` (``param.shard_rows``) that the chunked
@@ -52,7 +53,12 @@ class _Materialize(torch.autograd.Function):
 
 
 def _add_rows_grad(param: Tensor, index: Tensor | slice, grad: Tensor) -> None:
-    """Add ``grad`` into rows ``index`` of ``param.grad`` in place (no full-size temporary)."""
+    """Add ``grad`` into rows ``index`` of ``param.grad`` in place (no full-size temporary),
+    or of its file when a GradSpill holds the parameter's gradient."""
+    spill = getattr(param, "grad_spill", None)
+    if spill is not None:
+        spill[0].add(spill[1], grad, index)
+        return
     if param.grad is None:
         param.grad = torch.zeros(param.shape, dtype=param.dtype)
     if isinstance(index, slice):

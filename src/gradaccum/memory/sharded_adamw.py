@@ -3,9 +3,11 @@
 For a sharded parameter, a step reads a chunk of the weight and of both moments from the
 ShardStore, applies ``torch.optim``'s own single-tensor AdamW update to it (so the result
 is bit-identical to ``torch.optim.AdamW`` on CPU), and streams the three chunks into new
-shard versions that replace the old ones atomically. The gradient in ``.grad`` is released
-as soon as its parameter is done. Weights, gradients and moments are therefore never all
-resident together: at any time only one chunk of each (``CHUNK_BYTES``) is.
+shard versions that replace the old ones atomically. The gradient comes from ``.grad``
+(released as soon as its parameter is done) or, for parameters whose gradient a
+``GradSpill`` keeps on disk, from that file a chunk at a time. Weights, gradients and
+moments are therefore never all resident together: at any time only one chunk of each
+(``CHUNK_BYTES``) is.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.adam import adam
 
+from gradaccum.memory.grad_spill import GradSpill
 from gradaccum.memory.offload import ShardedParameters
 
 CHUNK_BYTES = 8 * 2**20
@@ -38,11 +41,13 @@ class ShardedAdamW(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
+        spill: GradSpill | None = None,
     ) -> None:
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
         super().__init__(params, defaults)
         self.sharded = sharded
         self.store = sharded.store
+        self.spill = spill
         self._names = {id(p): n for n, p in sharded.params.items()}
         self.io = {"read_bytes": 0, "written_bytes": 0}
 
@@ -59,26 +64,32 @@ class ShardedAdamW(torch.optim.Optimizer):
     def step(self, closure=None):  # noqa: ANN001, ANN201
         """One AdamW update of every parameter that has a gradient."""
         loss = closure() if closure is not None else None
-        read0, written0 = self.store.bytes_read, self.store.bytes_written
+        read0, written0 = self._io()
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is None:
+                name = self._names.get(id(p))
+                spilled = name is not None and self.spill is not None and self.spill.has(name)
+                if p.grad is None and not spilled:
                     continue
                 state = self.state[p]
                 if "step" not in state:
                     state["step"] = torch.tensor(0.0)
-                name = self._names.get(id(p))
                 if name is None:
                     self._step_resident(p, state, group)
                 else:
                     self._step_sharded(name, p, state, group)
                     p.grad = None
                 state["step"] += 1
-        self.io = {
-            "read_bytes": self.store.bytes_read - read0,
-            "written_bytes": self.store.bytes_written - written0,
-        }
+        read1, written1 = self._io()
+        self.io = {"read_bytes": read1 - read0, "written_bytes": written1 - written0}
         return loss
+
+    def _io(self) -> tuple[int, int]:
+        spill = self.spill
+        return (
+            self.store.bytes_read + (spill.bytes_read if spill else 0),
+            self.store.bytes_written + (spill.bytes_written if spill else 0),
+        )
 
     def _step_resident(self, p: Tensor, state: dict, group: dict) -> None:
         for key in MOMENTS:
@@ -92,7 +103,13 @@ class ShardedAdamW(torch.optim.Optimizer):
         row_bytes = max(1, p[:1].numel() * 4) if shape else 4
         chunk = max(1, CHUNK_BYTES // row_bytes)
         fresh = state["step"].item() == 0
-        grad = p.grad.reshape(rows, -1) if shape else p.grad.reshape(1, 1)
+        grad = p.grad.reshape(rows, -1) if p.grad is not None else None
+
+        def grad_rows(start: int, stop: int) -> Tensor:
+            if grad is not None:
+                return grad[start:stop]
+            return self.spill.rows(name, start, stop)  # type: ignore[union-attr]
+
         disk = self.store.info(name).dtype
         with (
             self.store.writer(name, shape, disk) as w_param,
@@ -109,7 +126,7 @@ class ShardedAdamW(torch.optim.Optimizer):
                         self.store.rows(f"{m}/{name}", start, stop).reshape_as(value).clone()
                         for m in MOMENTS
                     )
-                _update(value, grad[start:stop], avg, sq, state["step"], group)
+                _update(value, grad_rows(start, stop), avg, sq, state["step"], group)
                 w_param.write(value)
                 w_avg.write(avg)
                 w_sq.write(sq)

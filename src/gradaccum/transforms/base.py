@@ -43,6 +43,9 @@ class Transform:
     """Base class: every hook is a no-op, so a transform overrides only its points."""
 
     isolates_micro_batches: bool = False
+    scales_uniformly: bool = False
+    """True when ``window`` only multiplies every gradient by one common factor: such
+    transforms also work on offloaded gradients (their ``scale`` is among ``grads``)."""
 
     def begin_window(self, model: nn.Module) -> None:
         """Prepare for a new window (e.g. install hooks)."""

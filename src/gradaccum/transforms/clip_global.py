@@ -10,6 +10,8 @@ from gradaccum.transforms.base import Transform, clip_coefficient, scale_
 class ClipGlobal(Transform):
     """Scale the accumulated gradient g by ``min(1, max_norm / ||g||)``."""
 
+    scales_uniformly = True
+
     def __init__(self, max_norm: float) -> None:
         if not max_norm > 0:
             raise ValueError(f"max_norm must be > 0, got {max_norm}")
