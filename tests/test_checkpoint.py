@@ -369,3 +369,21 @@ def test_unwritable_location_and_bad_tensors_leave_nothing_behind(tmp_path: Path
             tmp_path / "run", 1, {"model": {"z": torch.zeros(2, dtype=torch.cdouble)}}, {}
         )
     assert _steps_on_disk(tmp_path / "run") == []
+
+
+def test_files_are_linked_in_verified_and_survive_their_source(tmp_path: Path) -> None:
+    """``files=`` keeps a file's state as of the save, even after the source is replaced."""
+    source = tmp_path / "work" / "sub" / "a.bin"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(b"version one")
+    save_checkpoint(tmp_path / "ckpt", 1, {}, {"k": 1}, files={"sub/a.bin": source})
+    replacement = source.with_name("new")
+    replacement.write_bytes(b"version two")
+    os.replace(replacement, source)  # how shard files change: a new file, never in place
+    ckpt = load_checkpoint(tmp_path / "ckpt")
+    assert ckpt.tensors == {} and ckpt.files["sub/a.bin"].read_bytes() == b"version one"
+    ckpt.files["sub/a.bin"].write_bytes(b"version 0ne")
+    with pytest.raises(UserError, match="corrupt"):
+        load_checkpoint(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="relative"):
+        save_checkpoint(tmp_path / "ckpt", 2, {}, {}, files={"../x": source})

@@ -8,9 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from gradaccum.cli.main import main
-from gradaccum.memory import shards
+from gradaccum.memory import sharded_adamw, shards
+from tests.helpers import max_rel_err
 
 ARGS = ["--model", "random:gemma3", "--max-steps", "2", "--global-batch", "4"]
 ARGS += ["--micro-batch", "2", "--seq-len", "32", "--eval-samples", "2", "--save-every", "1"]
@@ -79,9 +82,60 @@ def test_a_truncated_gguf_is_one_line(tmp_path, capsys):
     assert "not a valid GGUF file" in capsys.readouterr().err
 
 
-def test_shard_dir_needs_a_budget_and_lora(tmp_path, capsys):
+def test_shard_dir_needs_a_budget_and_full_needs_global_clipping(tmp_path, capsys):
     argv = ["finetune", "--out", str(tmp_path / "o"), *ARGS, "--shard-dir", str(tmp_path)]
     assert main(argv) == 2
-    assert main([*argv, "--memory-budget", "1GB", "--method", "full"]) == 2
+    full = [*argv, "--memory-budget", "1GB", "--method", "full"]
+    assert main([*full, "--clip", "micro:1.0"]) == 2
     err = capsys.readouterr().err
-    assert "--shard-dir needs --memory-budget" in err and "supports --method lora" in err
+    assert "--shard-dir needs --memory-budget" in err
+    assert "--clip micro:1.0 needs gradients in memory" in err
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+FULL = ["--method", "full", "--clip", "global:0.5", "--max-steps", "3"]
+
+
+def test_sharded_full_finetune_matches_the_resident_one(tmp_path, capsys):
+    """Weights, gradients and moments on disk; same losses and weights as in memory."""
+    assert main(["finetune", "--out", str(tmp_path / "plain"), *ARGS, *FULL]) == 0
+    out, shard_dir = tmp_path / "sharded", tmp_path / "shards"
+    assert main(["finetune", "--out", str(out), *ARGS, *FULL, *SHARDED, str(shard_dir)]) == 0
+    for a, b in zip(_losses(out), _losses(tmp_path / "plain"), strict=True):
+        assert abs(a - b) <= 1e-5 * abs(b)
+    ours, ref = _weights(out / "model"), _weights(tmp_path / "plain" / "model")
+    assert set(ours) <= set(ref) and len(ours) >= len(ref) - 1  # a tied head is saved once
+    names = sorted(ours)
+    assert max_rel_err([ours[n] for n in names], [ref[n] for n in names]) <= 1e-4
+    base = {p.name for p in shard_dir.rglob("*.safetensors")}
+    assert not any(name.startswith("exp_avg") for name in base)  # the base shards are untouched
+
+
+def test_sharded_full_finetune_resumes_exactly_after_a_crash_inside_the_step(tmp_path, monkeypatch):
+    """A crash half-way through the optimizer's shard-by-shard step leaves some weights
+    updated; the resume restores the shards of the last checkpoint and ends bit-identical."""
+    calls = {"n": 0, "crash_at": None}
+    real = sharded_adamw._update
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == calls["crash_at"]:
+            raise RuntimeError("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sharded_adamw, "_update", counting)
+    argv = [*ARGS, *FULL, *SHARDED, str(tmp_path / "shards")]
+    assert main(["finetune", "--out", str(tmp_path / "straight"), *argv]) == 0
+    calls["crash_at"], calls["n"] = calls["n"] * 5 // 6, 0  # inside the third step
+    crashed = ["finetune", "--out", str(tmp_path / "crashed"), *argv]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(crashed)
+    calls["crash_at"] = None
+    assert main([*crashed, "--resume"]) == 0
+    assert _losses(tmp_path / "crashed")[-1] == _losses(tmp_path / "straight")[-1]
+    ours, ref = _weights(tmp_path / "crashed" / "model"), _weights(tmp_path / "straight" / "model")
+    assert sorted(ours) == sorted(ref)
+    assert all(torch.equal(ours[n], ref[n]) for n in ours)

@@ -1,19 +1,23 @@
 """Atomic, verifiable checkpoints: save, verify, load, find the newest, prune old ones.
 
-Layout: `folder/step-00000012/{<group>.safetensors, meta.json, manifest.json}`. A step folder
-only ever appears complete (written under `.tmp-...`, fsynced, then renamed), and the manifest
-lists each file's sha256 and size so that a damaged copy is caught before it is trusted.
+Layout: `folder/step-00000012/{<group>.safetensors, meta.json, manifest.json, files/...}`. A
+step folder only ever appears complete (written under `.tmp-...`, fsynced, then renamed), and
+the manifest lists each file's sha256 and size so that a damaged copy is caught before it is
+trusted. `files/` holds state that already lives in files (a sharded model's weights and
+moments): hard-linked in (copied across file systems), which costs no space as long as
+their owner replaces files rather than rewriting them in place.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
 import uuid
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +34,7 @@ from gradaccum.checkpoint.tensorfile import read_tensor_file, safetensors_chunks
 from gradaccum.errors import UserError
 
 FORMAT_VERSION = 1
-MANIFEST, META, TMP_PREFIX = "manifest.json", "meta.json", ".tmp-"
+MANIFEST, META, TMP_PREFIX, FILES = "manifest.json", "meta.json", ".tmp-", "files"
 _STEP_DIR = re.compile(r"step-(\d{8,})")
 _GROUP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -42,6 +46,8 @@ class Checkpoint:
     step: int
     tensors: dict[str, dict[str, torch.Tensor]]
     meta: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
+    """Files saved with ``files=``: their relative names -> paths inside the checkpoint."""
 
 
 def step_dir(folder: Path, step: int) -> Path:
@@ -55,8 +61,12 @@ def save_checkpoint(
     tensors: dict[str, dict[str, torch.Tensor]],
     meta: dict[str, Any],
     keep_last: int = 2,
+    files: dict[str, Path] | None = None,
 ) -> Path:
     """Write the checkpoint for `step` atomically, then prune to the newest `keep_last`.
+
+    ``files`` (relative name -> existing file) are linked in under ``files/``; each must
+    not change in place afterwards (replace it with a new file instead).
 
     Checkpoints of later steps are pruned too: they belong to a run this one resumed before.
     """
@@ -65,6 +75,10 @@ def save_checkpoint(
         raise UserError(f"--keep-last must be at least 1 (got {keep_last}): pass 1 or more")
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be a non-negative int, got {step!r}")
+    linked = files or {}
+    for rel in linked:
+        if rel.startswith("/") or ".." in Path(rel).parts:
+            raise ValueError(f"checkpoint file name {rel!r} must be relative, without '..'")
     for group in tensors:
         if not _GROUP_NAME.fullmatch(group):
             raise ValueError(f"tensor group name {group!r} is not a safe file name")
@@ -77,15 +91,17 @@ def save_checkpoint(
             fsync_dir(folder.parent)
         _remove_leftovers(folder)
         tmp.mkdir()
-        files = {
+        records = {
             f"{g}.safetensors": write_durably(tmp / f"{g}.safetensors", safetensors_chunks(t))
             for g, t in tensors.items()
         }
-        files[META] = write_durably(tmp / META, [meta_bytes])
+        for rel, source in sorted(linked.items()):
+            records[f"{FILES}/{rel}"] = _link_in(Path(source), tmp / FILES / rel)
+        records[META] = write_durably(tmp / META, [meta_bytes])
         manifest = {
             "format_version": FORMAT_VERSION,
             "step": step,
-            "files": {name: asdict(rec) for name, rec in sorted(files.items())},
+            "files": {name: asdict(rec) for name, rec in sorted(records.items())},
         }
         write_durably(tmp / MANIFEST, [json.dumps(manifest, indent=1).encode()])
         fsync_dir(tmp)
@@ -118,9 +134,32 @@ def load_checkpoint(folder: Path, step: int | None = None) -> Checkpoint:
     groups = {
         name.removesuffix(".safetensors"): read_tensor_file(path / name)
         for name in files
-        if name.endswith(".safetensors")
+        if name.endswith(".safetensors") and "/" not in name
     }
-    return Checkpoint(step, groups, json.loads((path / META).read_text()))
+    linked = {
+        name.removeprefix(f"{FILES}/"): path / name
+        for name in files
+        if name.startswith(f"{FILES}/")
+    }
+    return Checkpoint(step, groups, json.loads((path / META).read_text()), linked)
+
+
+def _link_in(source: Path, target: Path) -> FileRecord:
+    """Hard-link (or copy) ``source`` to ``target``, make it durable, return its record."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
+        shutil.copyfile(source, target)
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(target.parent)
+    return hash_file(target)
 
 
 def latest_checkpoint(folder: Path) -> int | None:

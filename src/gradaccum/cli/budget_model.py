@@ -1,8 +1,13 @@
-"""``finetune --shard-dir``: the model with its frozen weights on disk, and the budget plan.
+"""``finetune --shard-dir``: the model with its weights on disk, and the budget plan.
 
 The recipe calls ``load_into_shards`` instead of ``load_model`` and, once LoRA is on,
 ``plan_budget``: the plan is printed and applied (shard cache size, checkpointing,
 allocator mode), and the chunked cross-entropy returned as the loss.
+
+LoRA reads the frozen weights straight from ``--shard-dir``. Full fine-tuning changes
+them, so it trains a working copy in the run's own folder (``OUT/shards``, hard links to
+``--shard-dir`` until the first step replaces them; checkpoints link it in turn), keeps
+AdamW's moments there too, and accumulates gradients in files (``OUT/grad-spill``).
 """
 
 from __future__ import annotations
@@ -10,14 +15,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import psutil
+import torch
 from torch import nn
 
 from gradaccum.errors import UserError
 from gradaccum.memory.budget_plan import BudgetPlan, ModelFacts, make_plan
 from gradaccum.memory.chunked_ce import ChunkedCausalLMLoss
+from gradaccum.memory.grad_spill import GradSpill
 from gradaccum.memory.offload import ShardedParameters
 from gradaccum.memory.peak import release_free_memory
-from gradaccum.memory.sharded_model import load_sharded
+from gradaccum.memory.shard_files import restore_shards, shard_files
+from gradaccum.memory.sharded_adamw import ShardedAdamW
+from gradaccum.memory.sharded_model import load_sharded, write_shards
 from gradaccum.memory.shards import ShardStore
 from gradaccum.models import (
     DEFAULT_SPEC,
@@ -28,6 +37,7 @@ from gradaccum.models import (
     make_random_model_folder,
 )
 from gradaccum.models.load import FULL_SUFFIX, RANDOM_PREFIX, _context, _load_tokenizer
+from gradaccum.transforms import parse_clip
 
 
 def model_folder(spec: str) -> Path:
@@ -50,14 +60,25 @@ def model_folder(spec: str) -> Path:
     return path
 
 
-def load_into_shards(spec: str, shard_dir: str) -> tuple[LoadedModel, ShardedParameters]:
-    """The model of ``spec`` with every weight frozen in shards under ``shard_dir``."""
+def load_into_shards(
+    spec: str, shard_dir: str, work_dir: Path | None = None
+) -> tuple[LoadedModel, ShardedParameters]:
+    """The model of ``spec`` with its weights in shards under ``shard_dir``: frozen, or
+    (with ``work_dir``, full fine-tuning) trainable in a working copy there."""
     folder = model_folder(spec)
     tokenizer = _load_tokenizer(folder, {"local_files_only": True})
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model, sharded = load_sharded(folder, ShardStore(shard_dir), trainable=False)
-    source = f"{spec} (weights in shards under {shard_dir})"
+    store = ShardStore(shard_dir)
+    if not any(store.names()):
+        write_shards(folder, store, torch.float32)
+    if work_dir is not None:
+        work = ShardStore(work_dir)
+        restore_shards(work, shard_files(store))  # links: the base shards stay untouched
+        store.close()
+        store = work
+    model, sharded = load_sharded(folder, store, trainable=work_dir is not None)
+    source = f"{spec} (weights in shards under {store.folder})"
     return LoadedModel(model, tokenizer, model.config.model_type, source, _context(model)), sharded
 
 
@@ -65,7 +86,7 @@ def plan_budget(
     model: nn.Module, sharded: ShardedParameters, budget: int, seq_len: int
 ) -> tuple[BudgetPlan, ChunkedCausalLMLoss]:
     """Make, print and apply the plan for ``budget`` bytes; the loss to train with."""
-    facts = ModelFacts.of(model, trainable_sharded=False)
+    facts = ModelFacts.of(model, trainable_sharded=any(True for _ in sharded.named_trainable()))
     release_free_memory()  # what loading (the tokenizer above all) freed but glibc kept
     plan = make_plan(budget, psutil.Process().memory_info().rss, facts, seq_len)
     plan.apply(model, sharded.store)
@@ -73,10 +94,20 @@ def plan_budget(
     return plan, ChunkedCausalLMLoss()
 
 
-def check_method(method: str) -> None:
-    """Sharded weights in ``finetune`` are for LoRA (full fine-tuning: ShardedAdamW, bench)."""
-    if method != "lora":
+def sharded_optimizer(
+    model: nn.Module, sharded: ShardedParameters, spill_dir: Path, lr: float, weight_decay: float
+) -> tuple[ShardedAdamW, GradSpill]:
+    """Full fine-tuning under the budget: gradients in files, AdamW stepping shard by shard."""
+    spill = GradSpill(spill_dir, dict(sharded.named_trainable()))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = ShardedAdamW(trainable, sharded, lr=lr, weight_decay=weight_decay, spill=spill)
+    return optimizer, spill
+
+
+def check_clip_for_offloaded(clip: str) -> None:
+    """Gradients in files can be clipped globally only (nothing sees one micro-batch's)."""
+    if not all(t.scales_uniformly for t in parse_clip(clip)):
         raise UserError(
-            "--shard-dir supports --method lora; full fine-tuning under a budget is in "
-            "gradaccum.memory (ShardedAdamW) and 'gradaccum bench memory'"
+            f"--clip {clip} needs gradients in memory, but --method full with --shard-dir "
+            "keeps them on disk: use --clip N (global clipping) or --clip none"
         )

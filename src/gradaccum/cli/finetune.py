@@ -21,7 +21,12 @@ import torch
 from tqdm import tqdm
 
 from gradaccum.cli.artifacts import MetricsLog, disk_errors, plot_loss_curve, write_json
-from gradaccum.cli.budget_model import check_method, load_into_shards, plan_budget
+from gradaccum.cli.budget_model import (
+    check_clip_for_offloaded,
+    load_into_shards,
+    plan_budget,
+    sharded_optimizer,
+)
 from gradaccum.cli.config_file import defer_defaults, fill_settings, origin
 from gradaccum.cli.run_state import Parts, find_resume_point, restore_run, save_run
 from gradaccum.cli.units import parse_bytes
@@ -38,6 +43,7 @@ from gradaccum.engine import Accumulator
 from gradaccum.errors import UserError
 from gradaccum.evaluate import perplexity
 from gradaccum.losses import CausalLMLoss
+from gradaccum.memory.shard_files import export_model
 from gradaccum.models import DEFAULT_SPEC, apply_lora, load_model, save_trainable
 from gradaccum.precision import KINDS
 from gradaccum.transforms import parse_clip
@@ -94,7 +100,8 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     if args.shard_dir is not None:
         if budget is None:
             raise UserError("--shard-dir needs --memory-budget, e.g. --memory-budget 1GB")
-        check_method(args.method)
+        if args.method == "full":
+            check_clip_for_offloaded(args.clip)
     checks = {
         "--global-batch": args.global_batch >= 1,
         "--micro-batch": micro == "auto" or micro >= 1,
@@ -191,7 +198,9 @@ def run(args: argparse.Namespace) -> int:
     # Data and model.
     train_docs, heldout_docs = load_documents(config)
     if config["shard_dir"]:  # weights stay on disk, read per layer (gradaccum.memory)
-        loaded, sharded = load_into_shards(config["model"], config["shard_dir"])
+        full = config["method"] == "full"  # trains a working copy of the shards in OUT
+        work = out / "shards" if full else None
+        loaded, sharded = load_into_shards(config["model"], config["shard_dir"], work)
     else:
         loaded = load_model(config["model"])
     tokenizer = loaded.tokenizer
@@ -216,7 +225,15 @@ def run(args: argparse.Namespace) -> int:
     collate_fn = functools.partial(collate, pad_id=pad_id)
 
     # Optimizer, schedule, engine, data order.
-    optimizer = torch.optim.AdamW(trainable, lr=config["lr"], weight_decay=config["weight_decay"])
+    spill = None
+    if config["shard_dir"] and config["method"] == "full":
+        optimizer, spill = sharded_optimizer(
+            model, sharded, out / "grad-spill", config["lr"], config["weight_decay"]
+        )
+    else:
+        optimizer = torch.optim.AdamW(
+            trainable, lr=config["lr"], weight_decay=config["weight_decay"]
+        )
     schedule = warmup_then_linear(config["warmup"], config["max_steps"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     engine = Accumulator(
@@ -230,9 +247,11 @@ def run(args: argparse.Namespace) -> int:
         transforms=parse_clip(config["clip"]),
         precision=config["precision"],
         nonfinite=config["nonfinite"],
+        offloaded=spill,
     )
     sampler = WindowSampler(len(train), config["global_batch"], seed=seed)
-    parts = Parts(model, optimizer, scheduler, engine, sampler)
+    shards = sharded.store if spill is not None else None
+    parts = Parts(model, optimizer, scheduler, engine, sampler, shards)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", config)
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=ckpt.step if ckpt else None)
@@ -302,7 +321,12 @@ def run(args: argparse.Namespace) -> int:
     ppl_after = evaluate(done)
     if not config["save_every"] or done % config["save_every"]:  # else the loop just saved it
         save_run(ckpt_dir, parts, config, {"ppl_before": ppl_before})
-    weights = save_trainable(model, out / ("adapter" if config["method"] == "lora" else "model"))
+    if shards is not None:
+        weights = export_model(model, sharded, out / "model")
+    else:
+        weights = save_trainable(
+            model, out / ("adapter" if config["method"] == "lora" else "model")
+        )
     if config["method"] == "full":
         tokenizer.save_pretrained(weights)
     plot_loss_curve(metrics.records(), out / "loss_curve.png")

@@ -20,6 +20,9 @@ from gradaccum.checkpoint import (
 )
 from gradaccum.engine import Accumulator
 from gradaccum.errors import UserError
+from gradaccum.memory.offload import is_placeholder
+from gradaccum.memory.shard_files import restore_shards, shard_files
+from gradaccum.memory.shards import ShardStore
 
 # Settings that change what a run computes; changing one on --resume needs --force.
 RESULT_KEYS = (
@@ -51,11 +54,16 @@ class Parts:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     engine: Accumulator
     sampler: Any
+    shards: ShardStore | None = None  # full fine-tuning with weights and moments on disk
 
 
 def save_run(folder: Path, parts: Parts, config: dict[str, Any], extra: dict[str, Any]) -> Path:
     """Checkpoint trainable weights, optimizer, scheduler, engine, data order and RNGs."""
-    trainable = {n: p.detach() for n, p in parts.model.named_parameters() if p.requires_grad}
+    trainable = {
+        n: p.detach()
+        for n, p in parts.model.named_parameters()
+        if p.requires_grad and not is_placeholder(p)  # sharded ones are in the shard files
+    }
     opt_tensors, opt_meta = flatten_optimizer_state(parts.optimizer.state_dict())
     meta = {
         "config": config,
@@ -68,7 +76,8 @@ def save_run(folder: Path, parts: Parts, config: dict[str, Any], extra: dict[str
     }
     tensors = {"trainable": trainable, "optimizer": opt_tensors}
     windows = parts.engine.steps + parts.engine.skipped_steps  # skipped steps are done too
-    return save_checkpoint(folder, windows, tensors, meta)
+    files = shard_files(parts.shards) if parts.shards is not None else None
+    return save_checkpoint(folder, windows, tensors, meta, files=files)
 
 
 def config_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -108,6 +117,13 @@ def restore_run(ckpt: Any, parts: Parts) -> None:
                     "same --model and --method, or start a new --out"
                 )
             params[name].copy_(tensor)
+    if parts.shards is not None:
+        if not ckpt.files:
+            raise UserError(
+                f"checkpoint step {ckpt.step} has no shard files (saved by a run without "
+                "--shard-dir): resume with the same --shard-dir setting, or start a new --out"
+            )
+        restore_shards(parts.shards, ckpt.files)
     opt_state = unflatten_optimizer_state(ckpt.tensors["optimizer"], ckpt.meta["optimizer"])
     parts.optimizer.load_state_dict(opt_state)
     parts.scheduler.load_state_dict(ckpt.meta["scheduler"])

@@ -396,6 +396,17 @@ class ShardStore:
             self._cache.clear()
             self._cached_bytes = 0
 
+    def forget(self) -> None:
+        """Drop cached tensors and headers: the folder's files were replaced from outside."""
+        with self._lock:
+            pending = list(self._pending.values())
+        for future in pending:  # outside the lock: the loads take it when they finish
+            future.result()
+        with self._lock:
+            self._info.clear()
+            self._verified.clear()
+        self.evict_all()
+
     def names(self) -> Iterator[str]:
         """Names of the shards on disk."""
         for path in sorted(self.folder.rglob("*.safetensors")):
