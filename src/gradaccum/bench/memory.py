@@ -86,6 +86,7 @@ def run(quick: bool = False, seed: int = 0) -> dict[str, Any]:
                 rows.append({**cfg, **_child(cfg)})
                 if shard_dir != lora_shards:
                     shutil.rmtree(shard_dir, ignore_errors=True)
+                    shutil.rmtree(f"{shard_dir}-grads", ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return _summary(rows, prepared, models[0], quick)

@@ -81,6 +81,7 @@ def run_gradaccum(cfg: dict[str, Any]) -> dict[str, Any]:
     from gradaccum.engine import Accumulator
     from gradaccum.memory.budget_plan import ModelFacts, make_plan
     from gradaccum.memory.chunked_ce import ChunkedCausalLMLoss
+    from gradaccum.memory.grad_spill import GradSpill
     from gradaccum.memory.sharded_adamw import ShardedAdamW
     from gradaccum.memory.sharded_model import load_sharded
     from gradaccum.memory.shards import ShardStore
@@ -103,8 +104,10 @@ def run_gradaccum(cfg: dict[str, Any]) -> dict[str, Any]:
     plan.apply(model, store)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    if full:
-        optimizer = ShardedAdamW(params, sharded, lr=1e-4, weight_decay=0.0)
+    spill = None
+    if full:  # gradients accumulate in files next to the shards
+        spill = GradSpill(f"{cfg['shard_dir']}-grads", dict(sharded.named_trainable()))
+        optimizer = ShardedAdamW(params, sharded, lr=1e-4, weight_decay=0.0, spill=spill)
     else:
         optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
     engine = Accumulator(
@@ -115,18 +118,19 @@ def run_gradaccum(cfg: dict[str, Any]) -> dict[str, Any]:
         collate=functools.partial(collate, pad_id=0),
         count_fn=count_loss_tokens,
         precision=cfg["precision"],
+        offloaded=spill,
     )
     loss_fn = ChunkedCausalLMLoss()
     windows = _batch(cfg, facts.vocab)
     plan.micro_batch_size = engine.resolve_micro_batch_size(windows[0], loss_fn)
     losses, times, io = [], [], []
     for window in windows:
-        read0, written0 = store.bytes_read, store.bytes_written
+        read0, written0 = _io(store, spill)
         t0 = time.perf_counter()
         losses.append(engine.step(window, loss_fn).loss)
         times.append(time.perf_counter() - t0)
-        io.append({"read_mb": (store.bytes_read - read0) / MiB})
-        io[-1]["written_mb"] = (store.bytes_written - written0) / MiB
+        read1, written1 = _io(store, spill)
+        io.append({"read_mb": (read1 - read0) / MiB, "written_mb": (written1 - written0) / MiB})
     return {
         "losses": losses,
         "step_seconds": times,
@@ -137,6 +141,14 @@ def run_gradaccum(cfg: dict[str, Any]) -> dict[str, Any]:
         "allocator": plan.allocator,
         "io_per_step": io,
     }
+
+
+def _io(store: Any, spill: Any) -> tuple[int, int]:
+    """Bytes read and written so far: shards (weights, moments) and gradient files."""
+    read, written = store.bytes_read, store.bytes_written
+    if spill is not None:
+        read, written = read + spill.bytes_read, written + spill.bytes_written
+    return read, written
 
 
 def run_setup(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -4,8 +4,9 @@ The plan starts from what the process already holds (``baseline``: interpreter, 
 transformers, the model skeleton, the data) and adds what training needs at minimum:
 the chunked cross-entropy's working set, one sample's activations with per-block
 checkpointing, the trainable state that stays in memory (LoRA adapters with their
-gradients and moments; for full fine-tuning, the fp32 gradients of every weight), and a
-few layers of shard cache. A budget below that sum is refused before any work, naming the
+gradients and moments; for full fine-tuning, gradients and moments live on disk and only
+one module's gradient and a few optimizer chunks are resident), and a few layers of
+shard cache. A budget below that sum is refused before any work, naming the
 smallest feasible budget. That minimum assumes the strict allocator mode (freed memory
 returned at once, slower); with room for the allocator's slack the plan trims the heap
 after every block instead (``malloc.py``). Further spare room turns checkpointing off
@@ -155,7 +156,10 @@ def make_plan(
         "cross-entropy": cross_entropy_bytes(facts, seq_len),
         "activations": activation_bytes(facts, seq_len, checkpointing=True),
         "trainable": 16 * facts.trainable_resident,  # weight, gradient, two moments
-        "gradients": 4 * facts.trainable_sharded + adam_chunks,
+        # Full fine-tuning accumulates gradients in files (GradSpill): one module's fresh
+        # gradient and its read-modify-write buffer are in memory at a time.
+        "gradients": (2 * facts.largest_module_bytes if facts.trainable_sharded else 0)
+        + adam_chunks,
         "shard cache": cache_min,
     }
     minimum = sum(parts.values())
