@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
+from pathlib import Path
+
+from gradaccum.errors import UserError
 
 BENCHES = {
     "accumulation": "gradaccum.bench.accumulation",
     "memory": "gradaccum.bench.memory",
+    "budget": "gradaccum.bench.budget_sweep",
     "crash": "gradaccum.bench.crash",
     "soak": "gradaccum.bench.soak",
     "multitask": "gradaccum.bench.multitask",
@@ -26,12 +31,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     p.add_argument("--quick", action="store_true", help="a small, fast version (for tests)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", default=None, help="bench budget: draw peak vs budget to this PNG")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     module = importlib.import_module(BENCHES[args.name])
-    result = module.run(quick=args.quick, seed=args.seed)
+    extra = {}
+    if args.plot:
+        if "plot" not in inspect.signature(module.run).parameters:
+            raise UserError(f"--plot is not an option of bench {args.name}: leave it out")
+        extra["plot"] = Path(args.plot)
+    result = module.run(quick=args.quick, seed=args.seed, **extra)
     print(module.format_table(result))
     if args.json:
         print(json.dumps(result))
