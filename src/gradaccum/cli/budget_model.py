@@ -95,10 +95,16 @@ def plan_budget(
 
 
 def sharded_optimizer(
-    model: nn.Module, sharded: ShardedParameters, spill_dir: Path, lr: float, weight_decay: float
+    model: nn.Module,
+    sharded: ShardedParameters,
+    plan: BudgetPlan,
+    spill_dir: Path,
+    lr: float,
+    weight_decay: float,
 ) -> tuple[ShardedAdamW, GradSpill]:
-    """Full fine-tuning under the budget: gradients in files, AdamW stepping shard by shard."""
-    spill = GradSpill(spill_dir, dict(sharded.named_trainable()))
+    """Full fine-tuning under the budget: gradients in files (those the plan keeps in memory
+    aside), AdamW stepping shard by shard."""
+    spill = GradSpill(spill_dir, dict(sharded.named_trainable()), plan.grad_resident)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = ShardedAdamW(trainable, sharded, lr=lr, weight_decay=weight_decay, spill=spill)
     return optimizer, spill

@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         model = apply_lora(model, r=config["lora_r"], alpha=config["lora_alpha"])
     loss_fn = CausalLMLoss()
     if config["shard_dir"]:  # print the memory plan; chunked loss, checkpointing if needed
-        _, loss_fn = plan_budget(model, sharded, config["memory_budget"], seq_len)
+        plan, loss_fn = plan_budget(model, sharded, config["memory_budget"], seq_len)
     trainable = [p for p in model.parameters() if p.requires_grad]
     print(f"trainable parameters: {sum(p.numel() for p in trainable):,} ({config['method']})")
     train, report = make_samples(train_docs, tokenizer, seq_len)
@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
     spill = None
     if config["shard_dir"] and config["method"] == "full":
         optimizer, spill = sharded_optimizer(
-            model, sharded, out / "grad-spill", config["lr"], config["weight_decay"]
+            model, sharded, plan, out / "grad-spill", config["lr"], config["weight_decay"]
         )
     else:
         optimizer = torch.optim.AdamW(
