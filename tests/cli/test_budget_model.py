@@ -110,6 +110,11 @@ def test_sharded_full_finetune_matches_the_resident_one(tmp_path, capsys):
     assert set(ours) <= set(ref) and len(ours) >= len(ref) - 1  # a tied head is saved once
     names = sorted(ours)
     assert max_rel_err([ours[n] for n in names], [ref[n] for n in names]) <= 1e-4
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    weight_mb = sum(t.numel() for t in ours.values()) * 4 / 2**20
+    for r in train:  # each step rewrites every weight and both moments on disk
+        assert r["shard_written_mb"] >= 3 * weight_mb and r["shard_read_mb"] > weight_mb
     base = {p.name for p in shard_dir.rglob("*.safetensors")}
     assert not any(name.startswith("exp_avg") for name in base)  # the base shards are untouched
 

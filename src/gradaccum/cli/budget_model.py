@@ -110,6 +110,20 @@ def sharded_optimizer(
     return optimizer, spill
 
 
+def shard_io(
+    sharded: ShardedParameters, spill: GradSpill | None, since: dict[str, float] | None = None
+) -> dict[str, float]:
+    """MiB read and written by the shard store and the gradient files (minus ``since``)."""
+    read, written = sharded.store.bytes_read, sharded.store.bytes_written
+    if spill is not None:
+        read, written = read + spill.bytes_read, written + spill.bytes_written
+    since = since or {}
+    return {
+        "shard_read_mb": read / 2**20 - since.get("shard_read_mb", 0.0),
+        "shard_written_mb": written / 2**20 - since.get("shard_written_mb", 0.0),
+    }
+
+
 def check_clip_for_offloaded(clip: str) -> None:
     """Gradients in files can be clipped globally only (nothing sees one micro-batch's)."""
     if not all(t.scales_uniformly for t in parse_clip(clip)):

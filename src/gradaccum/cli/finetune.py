@@ -25,6 +25,7 @@ from gradaccum.cli.budget_model import (
     check_clip_for_offloaded,
     load_into_shards,
     plan_budget,
+    shard_io,
     sharded_optimizer,
 )
 from gradaccum.cli.config_file import defer_defaults, fill_settings, origin
@@ -285,7 +286,9 @@ def run(args: argparse.Namespace) -> int:
     while engine.steps + engine.skipped_steps < config["max_steps"]:
         window = [train[i] for i in next(sampler)]
         t0 = time.perf_counter()
+        io_before = shard_io(sharded, spill) if config["shard_dir"] else {}
         result = engine.step(window, loss_fn)
+        io = shard_io(sharded, spill, since=io_before) if config["shard_dir"] else {}
         seconds = time.perf_counter() - t0
         window_tokens = sum(len(s["input_ids"]) for s in window)
         tokens += window_tokens
@@ -303,6 +306,7 @@ def run(args: argparse.Namespace) -> int:
                 "skipped": result.skipped,
                 "tokens_per_s": window_tokens / seconds,
                 "rss_mb": rss_mb,
+                **io,
                 **result.info,
             }
         )
