@@ -69,12 +69,13 @@ class GradSpill:
         p = self.params[name]
         rows = p.shape[0] if p.dim() else 1
         row_bytes = 4 * (p[:1].numel() if p.dim() else 1)
+        fresh = name not in self._written
         fd = self._open(name, rows * row_bytes)
         grad = grad.detach().to(torch.float32).reshape(-1, row_bytes // 4)
         if index is None:
             index = slice(0, rows)
         if isinstance(index, slice):
-            self._add_run(fd, index.start * row_bytes, grad)
+            self._add_run(fd, index.start * row_bytes, grad, fresh)
             return
         start, count = 0, len(index)
         ids = index.tolist()
@@ -96,9 +97,13 @@ class GradSpill:
             self._written.add(name)
         return fd
 
-    def _add_run(self, fd: int, offset: int, grad: Tensor) -> None:
-        current = self._pread(fd, offset, grad.shape)
-        current += grad
+    def _add_run(self, fd: int, offset: int, grad: Tensor, fresh: bool = False) -> None:
+        """Add ``grad`` to the rows at ``offset``; ``fresh``: they are zeros, just write."""
+        if fresh:
+            current = grad.contiguous()
+        else:
+            current = self._pread(fd, offset, grad.shape)
+            current += grad
         data = memoryview(current.numpy()).cast("B")
         self._guard(lambda: _pwrite_all(fd, data, offset))
         self.bytes_written += len(data)
