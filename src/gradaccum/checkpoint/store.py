@@ -10,7 +10,6 @@ their owner replaces files rather than rewriting them in place.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -27,6 +26,7 @@ from gradaccum.checkpoint.durable import (
     FileRecord,
     fsync_dir,
     hash_file,
+    link_or_copy,
     write_durably,
     write_error,
 )
@@ -147,12 +147,7 @@ def load_checkpoint(folder: Path, step: int | None = None) -> Checkpoint:
 def _link_in(source: Path, target: Path) -> FileRecord:
     """Hard-link (or copy) ``source`` to ``target``, make it durable, return its record."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-            raise
-        shutil.copyfile(source, target)
+    link_or_copy(source, target)
     fd = os.open(target, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -17,7 +17,6 @@ checksums and are simply zeroed (truncated) when first written in a window.
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from gradaccum.errors import UserError
+from gradaccum.memory.disk_errors import disk_problem
 
 CHUNK_BYTES = 8 * 2**20  # rows read at a time by ``norm_sq``
 
@@ -177,11 +177,8 @@ class GradSpill:
         try:
             return action()
         except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                why = "the disk is full"
-            elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-                why = "the folder is not writable"
-            else:
+            why = disk_problem(error)
+            if why is None:
                 raise
             raise UserError(
                 f"cannot keep gradients in {self.folder}: {why} ({error.strerror}); "

@@ -9,16 +9,14 @@ the checkpoint did not have, so the folder is exactly what it was at the checkpo
 
 from __future__ import annotations
 
-import errno
 import os
-import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from gradaccum.checkpoint.durable import fsync_dir, write_durably
+from gradaccum.checkpoint.durable import fsync_dir, link_or_copy, write_durably
 from gradaccum.checkpoint.tensorfile import safetensors_chunks
 from gradaccum.memory.offload import ShardedParameters, is_placeholder
 from gradaccum.memory.shards import ShardStore
@@ -40,12 +38,7 @@ def restore_shards(store: ShardStore, files: dict[str, Path]) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         temp = target.with_name(f".{target.name}.restore.tmp")
         temp.unlink(missing_ok=True)
-        try:
-            os.link(source, temp)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                raise
-            shutil.copyfile(source, temp)
+        link_or_copy(source, temp)
         os.replace(temp, target)
     for rel in set(shard_files(store)) - set(files):
         (store.folder / rel).unlink()
