@@ -22,3 +22,25 @@ def test_trim_hooks_sit_on_every_block_and_leave_outputs_alone():
     assert torch.equal(model(input_ids=torch.tensor(ids)).logits, before)
     for h in handles:
         h.remove()
+
+
+def test_trim_runs_after_every_block_in_forward_and_again_in_checkpointed_backward(monkeypatch):
+    from gradaccum.memory import malloc
+    from gradaccum.memory.checkpointing import enable_activation_checkpointing
+
+    calls = []
+
+    class FakeLibc:
+        def malloc_trim(self, pad):
+            calls.append(torch.is_grad_enabled())
+
+    monkeypatch.setattr(malloc, "_libc", lambda: FakeLibc())
+    model, _ = build_random_model("qwen2.5", "tiny")
+    model.train()
+    enable_activation_checkpointing(model)
+    blocks = transformer_blocks(model)
+    trim_after_blocks(blocks)
+    loss = model(input_ids=torch.tensor([[5, 6, 7, 8]])).logits.sum()
+    assert len(calls) == len(blocks)  # one per block's forward
+    loss.backward()  # the recomputation skips block hooks; the gradient hook still trims
+    assert len(calls) == 2 * len(blocks)

@@ -6,8 +6,8 @@ live blocks. Training streams many large, short-lived blocks (layer weights, log
 chunks, activations), so that slack reaches hundreds of megabytes. Two remedies, one
 cheap and one strict:
 
-* ``trim_after_blocks``: hand free heap pages back after every transformer block
-  (``malloc_trim``): a few percent slower, most of the slack gone;
+* ``trim_after_blocks``: hand free heap pages back after every transformer block, in
+  forward and in backward (``malloc_trim``): a few percent slower, most of the slack gone;
 * ``return_memory_promptly``: every block of 256 KiB or more becomes a private mapping,
   returned the moment it is freed: the lowest peak, but each allocation then costs fresh
   page faults (about 1.5x slower on CPU).
@@ -18,7 +18,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Iterable
 
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 MMAP_THRESHOLD = 256 * 2**10
@@ -51,7 +51,12 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def trim_after_blocks(blocks: Iterable[nn.Module]) -> list[RemovableHandle]:
-    """Return free heap pages to the OS after each block's forward (and recomputation)."""
+    """Return free heap pages to the OS after each block's forward and before its backward.
+
+    transformers checkpoints a block's ``forward``, not its ``__call__``, so block hooks do
+    not run again when backward recomputes the block; a hook on the gradient of the block's
+    output trims there instead (without it, the slack grows block by block in backward).
+    """
     libc = _libc()
     if libc is None:
         return []
@@ -59,4 +64,10 @@ def trim_after_blocks(blocks: Iterable[nn.Module]) -> list[RemovableHandle]:
     def trim(*_: object) -> None:
         libc.malloc_trim(0)
 
-    return [block.register_forward_hook(trim) for block in blocks]
+    def after_forward(module: nn.Module, args: tuple, output: object) -> None:
+        trim()
+        hidden = output[0] if isinstance(output, tuple) else output
+        if isinstance(hidden, Tensor) and hidden.requires_grad:
+            hidden.register_hook(trim)
+
+    return [block.register_forward_hook(after_forward) for block in blocks]
