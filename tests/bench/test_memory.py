@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
-from gradaccum.bench.memory import _summary, format_table, run
+from gradaccum.bench.memory import _child, _summary, format_table, run
 
 
 def _row(runner, method, peak, tok_s, precision="fp32", budget="fast"):
@@ -59,3 +60,49 @@ def test_quick_bench_runs_every_configuration_in_its_own_process():
     for method in ("lora", "full"):  # same data, same seed: the same first loss
         first = [r["losses"][0] for r in runs if r["method"] == method]
         assert abs(first[0] - first[1]) <= 1e-5 * abs(first[0])
+
+
+@pytest.fixture(scope="module")
+def many_block_model(tmp_path_factory):
+    """A random Qwen 2 folder with twelve blocks and its shards: enough blocks for heap
+    slack left behind block after block (in forward or backward) to show in the peak."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    folder = tmp_path_factory.mktemp("qwen12")
+    config = Qwen2Config(
+        hidden_size=512,
+        intermediate_size=2816,
+        num_hidden_layers=12,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=4096,
+        tie_word_embeddings=True,
+        max_position_embeddings=256,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    shards = str(folder) + "-shards"
+    _child({"runner": "setup", "model": "qwen12", "folder": str(folder), "shard_dirs": [shards]})
+    return str(folder), shards
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("budget", ["min", "fast"])
+def test_a_sharded_run_stays_under_its_planned_budget(many_block_model, budget):
+    folder, shards = many_block_model
+    cfg = {
+        "runner": "gradaccum",
+        "model": "qwen12",
+        "folder": folder,
+        "method": "lora",
+        "precision": "fp32",
+        "seed": 0,
+        "shard_dir": shards,
+        "budget": budget,
+        "seq_len": 128,
+        "steps": 2,
+        "global_batch": 2,
+    }
+    out = _child(cfg)  # a fresh process: its whole-life peak, imports and loading included
+    assert out["allocator"] == ("strict" if budget == "min" else "trim")
+    assert out["peak_mb"] <= out["budget_mb"], out["plan"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gradaccum.losses import CausalLMLoss
 from gradaccum.memory.chunked_ce import ChunkedCausalLMLoss, chunked_token_loss_sum
@@ -61,3 +62,46 @@ def test_weight_gradient_streams_into_a_row_source():
     assert torch.allclose(loss, ref, rtol=1e-6)
     assert torch.allclose(source.grad, weight.grad, rtol=1e-5, atol=1e-7)
     assert torch.allclose(h2.grad, hidden.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("stored", [torch.float32, torch.bfloat16])
+def test_under_bf16_autocast_matmuls_are_bf16_and_the_log_sum_exp_fp32(stored):
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 9, 16, requires_grad=True)
+    weight = torch.randn(300, 16)
+    labels = torch.randint(0, 300, (2, 9))
+    logits = (hidden.bfloat16() @ weight.bfloat16().T).float()  # what bf16 matmuls give
+    ref = F.cross_entropy(
+        logits[:, :-1].reshape(-1, 300), labels[:, 1:].reshape(-1), reduction="sum"
+    )
+    (ref_grad,) = torch.autograd.grad(ref, hidden)
+
+    class Rows:  # a frozen weight stored in ``stored``, read in chunks
+        shape, requires_grad = weight.shape, False
+
+        def rows(self, start, stop):
+            return weight[start:stop].to(stored)
+
+    h = hidden.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = chunked_token_loss_sum(h, Rows(), labels, chunk=64)
+    loss.backward()
+    assert abs(float(loss) - float(ref)) <= 1e-5 * abs(float(ref))
+    assert max_rel_err([h.grad], [ref_grad]) <= 2e-2  # the weighted sum of rows is bf16
+
+
+def test_under_bf16_autocast_a_trained_weight_gets_the_gradient_of_its_bf16_logits():
+    torch.manual_seed(1)
+    hidden = torch.randn(2, 9, 16)
+    weight = torch.randn(300, 16, requires_grad=True)
+    labels = torch.randint(0, 300, (2, 9))
+    logits = (hidden.bfloat16() @ weight.bfloat16().T).float()
+    ref = F.cross_entropy(
+        logits[:, :-1].reshape(-1, 300), labels[:, 1:].reshape(-1), reduction="sum"
+    )
+    (ref_grad,) = torch.autograd.grad(ref, weight)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = chunked_token_loss_sum(hidden, weight, labels, chunk=64)
+    loss.backward()  # outside autocast: backward must recompute the logits in bf16 again
+    assert weight.grad.dtype == torch.float32
+    assert max_rel_err([weight.grad], [ref_grad]) <= 1e-3  # fp32 recomputation: 1e-2

@@ -29,6 +29,21 @@ def test_round_trip_rows_and_gather_in_every_disk_dtype(tmp_path, weight, dtype)
     assert torch.equal(store.gather("w", index), expected[index])
 
 
+def test_a_matmul_dtype_store_hands_out_matrices_stored_in_it_as_stored(tmp_path, weight):
+    ShardStore(tmp_path).put("w16", weight, torch.bfloat16)
+    ShardStore(tmp_path).put("w32", weight)
+    ShardStore(tmp_path).put("norm", weight[0], torch.bfloat16)
+    store = ShardStore(tmp_path, resident_bytes=10**7, matmul_dtype=torch.bfloat16)
+    stored = weight.to(torch.bfloat16)
+    assert torch.equal(store.get("w16"), stored) and store.get("w16").dtype == torch.bfloat16
+    assert store.rows("w16", 5, 9).dtype == torch.bfloat16
+    assert store.get("w32").dtype == torch.float32  # fp32 shards (trained weights) stay fp32
+    assert store.get("norm").dtype == torch.float32  # vectors are not matmul operands
+    index = torch.tensor([0, 5, 1700])
+    for _ in range(2):  # from disk, then from the cache: embedding rows start fp32
+        assert torch.equal(store.gather("w16", index), stored[index].float())
+
+
 def test_a_row_range_reads_only_its_blocks(tmp_path, weight):
     ShardStore(tmp_path).put("w", weight)
     store = ShardStore(tmp_path)

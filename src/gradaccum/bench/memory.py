@@ -7,7 +7,8 @@ chunked cross-entropy, per-block checkpointing, AdamW moments on disk for full
 fine-tuning. Preparing a model (GGUF conversion, random weights, writing shards) happens
 once beforehand in a separate process and is reported apart. Tokens per second count the
 steps after the first. gradaccum runs at its plan's smallest budget for the trimming
-allocator mode ("fast"); for Gemma also at the strict mode's smallest budget ("min").
+allocator mode ("fast"); for Gemma also at the strict mode's smallest budget ("min"), and
+in bf16 with its frozen weights stored in bf16 (what autocast would cast them to anyway).
 On a shared machine, single-run speeds drift: compare ratios from quiet runs.
 """
 
@@ -68,7 +69,10 @@ def run(quick: bool = False, seed: int = 0) -> dict[str, Any]:
             folder = _child({**setup, "shard_dirs": [lora_shards]})
             prepared[model] = folder["convert_seconds"]
             for runner, method, precision, budget in _variants(model):
-                shard_dir = lora_shards
+                shard_dir, disk_dtype = lora_shards, "fp32"
+                if runner == "gradaccum" and method == "lora" and precision == "bf16":
+                    shard_dir, disk_dtype = f"{lora_shards}-bf16", "bf16"
+                    _child({**setup, "shard_dirs": [shard_dir], "disk_dtype": disk_dtype})
                 if runner == "gradaccum" and method == "full":  # training rewrites them
                     shard_dir = str(scratch / "full-shards")
                     _child({**setup, "shard_dirs": [shard_dir]})
@@ -80,11 +84,12 @@ def run(quick: bool = False, seed: int = 0) -> dict[str, Any]:
                     "precision": precision,
                     "seed": seed,
                     "shard_dir": shard_dir,
+                    "disk_dtype": disk_dtype,
                     "budget": budget,
                     **shape,
                 }
                 rows.append({**cfg, **_child(cfg)})
-                if shard_dir != lora_shards:
+                if method == "full" and shard_dir != lora_shards:
                     shutil.rmtree(shard_dir, ignore_errors=True)
                     shutil.rmtree(f"{shard_dir}-grads", ignore_errors=True)
     finally:

@@ -2,9 +2,11 @@
 
 The argument is a JSON object: ``runner`` (``gradaccum`` or ``baseline``), ``folder`` (a
 Hugging Face model folder), ``method`` (``lora`` or ``full``), ``seq_len``, ``steps``,
-``global_batch``, ``precision``, ``seed``, ``shard_dir`` and ``budget`` (bytes, or
-``"min"`` for the plan's smallest feasible budget, ``"fast"`` for the smallest without the
-strict allocator mode). It trains ``steps`` optimizer steps on
+``global_batch``, ``precision``, ``seed``, ``shard_dir``, ``disk_dtype`` (of the shards
+there, default ``fp32``) and ``budget`` (bytes, or ``"min"`` for the plan's smallest
+feasible budget, ``"fast"`` for the smallest without the strict allocator mode). With
+``precision`` bf16 and bf16 shards, matrices stay bf16 from disk to matmul (the plan
+counts them at 2 bytes). It trains ``steps`` optimizer steps on
 random token ids and prints one JSON line: the peak resident set of the whole process,
 tokens per second after the first (warm-up) step, the losses, and for gradaccum the plan
 and the shard I/O per step.
@@ -97,16 +99,18 @@ def run_gradaccum(cfg: dict[str, Any]) -> dict[str, Any]:
     release_free_memory()
     baseline = psutil.Process().memory_info().rss
     budget = cfg["budget"]
+    dtypes = {"disk_dtype": cfg.get("disk_dtype", "fp32"), "precision": cfg["precision"]}
     if budget in ("min", "fast"):
-        smallest = make_plan(2**50, baseline, facts, cfg["seq_len"])
+        smallest = make_plan(2**50, baseline, facts, cfg["seq_len"], **dtypes)
         budget = smallest.minimum if budget == "min" else smallest.fast_minimum
-    plan = make_plan(budget, baseline, facts, cfg["seq_len"])
+    plan = make_plan(budget, baseline, facts, cfg["seq_len"], **dtypes)
     plan.apply(model, store)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     spill = None
     if full:  # gradients accumulate in files next to the shards
-        spill = GradSpill(f"{cfg['shard_dir']}-grads", dict(sharded.named_trainable()))
+        grads = dict(sharded.named_trainable())
+        spill = GradSpill(f"{cfg['shard_dir']}-grads", grads, plan.grad_resident)
         optimizer = ShardedAdamW(params, sharded, lr=1e-4, weight_decay=0.0, spill=spill)
     else:
         optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
@@ -152,7 +156,8 @@ def _io(store: Any, spill: Any) -> tuple[int, int]:
 
 
 def run_setup(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Not measured: the model folder (GGUF conversion or random weights) and its shards."""
+    """Not measured: the model folder (GGUF conversion or random weights) and its shards
+    (in ``disk_dtype``, default fp32, in every folder of ``shard_dirs``)."""
     from pathlib import Path
 
     from gradaccum.memory.sharded_model import write_shards
@@ -172,7 +177,7 @@ def run_setup(cfg: dict[str, Any]) -> dict[str, Any]:
     for shard_dir in cfg["shard_dirs"]:
         store = ShardStore(shard_dir)
         if not any(store.names()):
-            write_shards(folder, store, DISK_DTYPES["fp32"])
+            write_shards(folder, store, DISK_DTYPES[cfg.get("disk_dtype", "fp32")])
     return {"folder": str(folder), "convert_seconds": convert_s}
 
 

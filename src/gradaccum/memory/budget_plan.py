@@ -7,11 +7,15 @@ checkpointing, the trainable state that stays in memory (LoRA adapters with thei
 gradients and moments; for full fine-tuning, gradients and moments live on disk and only
 one module's gradient and a few optimizer chunks are resident), and a few layers of
 shard cache. A budget below that sum is refused before any work, naming the
-smallest feasible budget. That minimum assumes the strict allocator mode (freed memory
-returned at once, slower); with room for the allocator's slack the plan trims the heap
-after every block instead (``malloc.py``). Further spare room turns checkpointing off
+smallest feasible budget. That minimum assumes the strict allocator mode (large blocks
+returned the moment they are freed, slower); with room for the allocator's slack the plan
+keeps glibc's defaults instead. Both trim the heap after every block, in forward and in
+backward (``malloc.py``): without that, slack grows block by block and a many-block model
+breaks its budget. Further spare room turns checkpointing off
 when it fits (faster), then goes to the shard cache; the micro-batch size is left to the
-engine's measured probe.
+engine's measured probe. Under bf16 (or fp16) autocast with weights stored in that dtype,
+the store hands matrices out as stored, so the cache and weight chunks count 2 bytes per
+element instead of 4.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from gradaccum.errors import UserError
 from gradaccum.memory.checkpointing import enable_activation_checkpointing
 from gradaccum.memory.chunked_ce import LOGITS_BLOCK_BYTES, vocab_chunk
 from gradaccum.memory.malloc import return_memory_promptly, transformer_blocks, trim_after_blocks
-from gradaccum.memory.shards import ShardStore
+from gradaccum.memory.shards import DISK_DTYPES, ShardStore
 
 MiB = 2**20
 MARGIN = 64 * MiB  # allocator slack and Python objects
@@ -92,6 +96,7 @@ class BudgetPlan:
     allocator: str  # "trim" (free pages returned after each block) or "strict"
     fast_minimum: int  # the smallest budget for the trimming allocator mode
     parts: dict[str, int] = field(default_factory=dict)
+    precision: str = "fp32"  # the autocast the run trains under
     chunked_ce: bool = True
     micro_batch_size: int | None = None  # set from the engine's probe
 
@@ -112,14 +117,19 @@ class BudgetPlan:
         )
 
     def apply(self, model: nn.Module, store: ShardStore) -> None:
-        """Size the shard cache; switch checkpointing and the allocator mode as planned."""
+        """Size the shard cache; switch checkpointing and the allocator mode as planned.
+
+        Under bf16/fp16 autocast the store hands out matrices stored in that dtype as
+        they are (``ShardStore.matmul_dtype``).
+        """
         store.resident_bytes = self.shard_cache
+        if self.precision != "fp32":
+            store.matmul_dtype = DISK_DTYPES[self.precision]
         if self.checkpointing:
             enable_activation_checkpointing(model)
         if self.allocator == "strict":
             return_memory_promptly()
-        else:
-            trim_after_blocks(transformer_blocks(model))
+        trim_after_blocks(transformer_blocks(model))
 
 
 def activation_bytes(facts: ModelFacts, tokens: int, checkpointing: bool) -> int:
@@ -133,10 +143,16 @@ def activation_bytes(facts: ModelFacts, tokens: int, checkpointing: bool) -> int
     return facts.layers * block + block
 
 
-def cross_entropy_bytes(facts: ModelFacts, tokens: int) -> int:
-    """Working set of the chunked cross-entropy: logits blocks and one weight chunk."""
+def cross_entropy_bytes(facts: ModelFacts, tokens: int, weight_itemsize: int = 4) -> int:
+    """Working set of the chunked cross-entropy: logits blocks and two weight chunks."""
     rows = vocab_chunk(tokens, facts.vocab)
-    return 5 * LOGITS_BLOCK_BYTES + 2 * rows * facts.hidden * 4 + tokens * facts.hidden * 12
+    chunks = 2 * rows * facts.hidden * weight_itemsize
+    return 5 * LOGITS_BLOCK_BYTES + chunks + tokens * facts.hidden * 12
+
+
+def weight_itemsize(disk_dtype: str, precision: str) -> int:
+    """Bytes per element of sharded weights in memory: as stored when autocast matches."""
+    return DISK_DTYPES[disk_dtype].itemsize if disk_dtype == precision else 4
 
 
 def make_plan(
@@ -146,14 +162,17 @@ def make_plan(
     seq_len: int,
     *,
     disk_dtype: str = "fp32",
+    precision: str = "fp32",
 ) -> BudgetPlan:
     """The plan for ``budget`` bytes, or a UserError naming the smallest feasible budget."""
+    itemsize = weight_itemsize(disk_dtype, precision)
     cache_min = min(facts.shard_bytes, MIN_CACHE_LAYERS * facts.largest_module_bytes)
+    cache_min = cache_min * itemsize // 4
     adam_chunks = 6 * 8 * MiB if facts.trainable_sharded else 0
     parts = {
         "baseline": baseline,
         "margin": MARGIN,
-        "cross-entropy": cross_entropy_bytes(facts, seq_len),
+        "cross-entropy": cross_entropy_bytes(facts, seq_len, itemsize),
         "activations": activation_bytes(facts, seq_len, checkpointing=True),
         "trainable": 16 * facts.trainable_resident,  # weight, gradient, two moments
         # Full fine-tuning accumulates gradients in files (GradSpill): one module's fresh
@@ -178,10 +197,18 @@ def make_plan(
     if not checkpointing:
         spare -= extra_activations
         parts["activations"] += extra_activations
-    cache = min(facts.shard_bytes, cache_min + spare // 2)
+    cache = min(facts.shard_bytes * itemsize // 4, cache_min + spare // 2)
     parts["shard cache"] = cache
     if allocator == "trim":
         parts["allocator slack"] = slack
     return BudgetPlan(
-        budget, minimum, cache, checkpointing, disk_dtype, allocator, minimum + slack, parts
+        budget,
+        minimum,
+        cache,
+        checkpointing,
+        disk_dtype,
+        allocator,
+        minimum + slack,
+        parts,
+        precision=precision,
     )

@@ -10,6 +10,10 @@ the weight trains, backward streams the chunks again to form its gradient chunk 
 The weight can be a tensor or any ``RowSource`` (e.g. shards on disk read chunk by chunk),
 so the largest matrix of a small LM (Gemma 3's 262,144 x 640 tied embedding) need not be
 resident at once.
+
+Under autocast the matmuls run in its dtype (bf16: each weight chunk is cast once, or not
+at all when it arrives in bf16), while the log-sum-exp, the softmax and the accumulated
+gradient stay fp32; backward recomputes the logits in the dtype forward used.
 """
 
 from __future__ import annotations
@@ -77,6 +81,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         need_hidden = ctx.needs_input_grad[0]
         n, vocab = hidden.shape[0], source.shape[0]
         chunk = chunk or vocab_chunk(n, vocab)
+        dtype = _matmul_dtype(hidden)
+        h = hidden.to(dtype) if dtype is not None else hidden
         running_max = torch.full((n,), -torch.inf)
         denom = torch.zeros(n)
         target_logit = torch.zeros(n)
@@ -84,8 +90,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         target_rows = torch.zeros(n, hidden.shape[1]) if need_hidden else None
         for start in range(0, vocab, chunk):
             stop = min(start + chunk, vocab)
-            w = source.rows(start, stop)
-            logits, slope = _logits(hidden, w, softcap)
+            w = _cast(source.rows(start, stop), dtype)
+            logits, slope = _logits(h, w, softcap)
             hit = (targets >= start) & (targets < stop)
             if bool(hit.any()):
                 cols = targets[hit] - start
@@ -104,7 +110,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         lse = running_max + torch.log(denom)
         grad_hidden = acc / denom[:, None] - target_rows if need_hidden else None
         ctx.save_for_backward(hidden, targets, lse, grad_hidden, weight)
-        ctx.source, ctx.softcap, ctx.chunk = source, softcap, chunk
+        ctx.source, ctx.softcap, ctx.chunk, ctx.dtype = source, softcap, chunk, dtype
         return (lse - target_logit).sum()
 
     @staticmethod
@@ -117,20 +123,34 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if ctx.needs_input_grad[1]:
                 grad_w = torch.zeros(source.shape, dtype=weight.dtype)
             rows = torch.arange(hidden.shape[0])
+            h = hidden.to(ctx.dtype) if ctx.dtype is not None else hidden
             for start in range(0, source.shape[0], ctx.chunk):
                 stop = min(start + ctx.chunk, source.shape[0])
-                logits, slope = _logits(hidden, source.rows(start, stop), ctx.softcap)
+                w = _cast(source.rows(start, stop), ctx.dtype)
+                logits, slope = _logits(h, w, ctx.softcap)
                 g = torch.exp(logits - lse[:, None])
                 hit = (targets >= start) & (targets < stop)
                 g[rows[hit], targets[hit] - start] -= 1.0
                 if slope is not None:
                     g = g * slope
-                chunk_grad = (g * grad_out).T @ hidden.float()
+                chunk_grad = ((g * grad_out).to(h.dtype).T @ h).float()
                 if grad_w is not None:
                     grad_w[start:stop] = chunk_grad
                 else:
                     source.add_grad(start, stop, chunk_grad)
         return grad_h, grad_w, None, None, None, None
+
+
+def _matmul_dtype(hidden: Tensor) -> torch.dtype | None:
+    """The dtype autocast gives matmuls on ``hidden``'s device, or None outside autocast."""
+    device = hidden.device.type
+    if not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
+
+
+def _cast(w: Tensor, dtype: torch.dtype | None) -> Tensor:
+    return w if dtype is None or w.dtype == dtype else w.to(dtype)
 
 
 def _logits(h: Tensor, w: Tensor, softcap: float | None) -> tuple[Tensor, Tensor | None]:

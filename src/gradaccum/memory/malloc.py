@@ -10,7 +10,8 @@ cheap and one strict:
   forward and in backward (``malloc_trim``): a few percent slower, most of the slack gone;
 * ``return_memory_promptly``: every block of 256 KiB or more becomes a private mapping,
   returned the moment it is freed: the lowest peak, but each allocation then costs fresh
-  page faults (about 1.5x slower on CPU).
+  page faults (about 1.5x slower on CPU). The budget plan trims after blocks in this
+  mode too: smaller blocks still fragment the heap.
 """
 
 from __future__ import annotations
