@@ -44,6 +44,7 @@ from gradaccum.engine import Accumulator
 from gradaccum.errors import UserError
 from gradaccum.evaluate import perplexity
 from gradaccum.losses import CausalLMLoss
+from gradaccum.memory.peak import lifetime_peak
 from gradaccum.memory.shard_files import export_model
 from gradaccum.models import DEFAULT_SPEC, apply_lora, load_model, save_trainable
 from gradaccum.precision import KINDS
@@ -344,8 +345,15 @@ def run(args: argparse.Namespace) -> int:
         "train_seconds_this_session": elapsed,
         "tokens_this_session": tokens,
         "weights": str(weights),
+        "peak_rss_mb": lifetime_peak() / 2**20,
+        "memory_budget_mb": config["memory_budget"] / 2**20 if config["memory_budget"] else None,
     }
     write_json(out / "summary.json", summary)
     print(f"held-out perplexity after: {ppl_after:.3f} (before {ppl_before:.3f})")
+    if config["memory_budget"]:
+        print(
+            f"peak memory of this process: {summary['peak_rss_mb']:.0f} MiB "
+            f"(budget {summary['memory_budget_mb']:.0f} MiB)"
+        )
     print(f"wrote {weights}, metrics.jsonl, loss_curve.png, config.json, summary.json to {out}")
     return 0
