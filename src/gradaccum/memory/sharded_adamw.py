@@ -111,10 +111,12 @@ class ShardedAdamW(torch.optim.Optimizer):
             return self.spill.rows(name, start, stop)  # type: ignore[union-attr]
 
         disk = self.store.info(name).dtype
+        # Not fsynced: a checkpoint links and fsyncs these files; a crash between
+        # checkpoints resumes from the checkpoint's copies (cli/run_state.py).
         with (
-            self.store.writer(name, shape, disk) as w_param,
-            self.store.writer(f"exp_avg/{name}", shape, torch.float32) as w_avg,
-            self.store.writer(f"exp_avg_sq/{name}", shape, torch.float32) as w_sq,
+            self.store.writer(name, shape, disk, durable=False) as w_param,
+            self.store.writer(f"exp_avg/{name}", shape, torch.float32, False) as w_avg,
+            self.store.writer(f"exp_avg_sq/{name}", shape, torch.float32, False) as w_sq,
         ):
             for start in range(0, rows, chunk):
                 stop = min(start + chunk, rows)

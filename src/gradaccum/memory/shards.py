@@ -4,7 +4,9 @@ Each shard is a one-tensor safetensors file (fp32, fp16 or bf16 on disk) whose m
 holds the sha256 of every block of rows, so a row range can be read and checked without
 reading the whole tensor (the output layer of a 262k-token vocabulary is read in chunks).
 A block is checked the first time this store reads it; files it writes itself are known
-good. Writes are atomic: a temporary file is fsynced and renamed over the old shard.
+good. Writes are atomic: a temporary file is fsynced and renamed over the old shard
+(``durable=False`` skips the fsyncs, for files a checkpoint makes durable when it links
+them, such as the optimizer's every-step rewrites).
 
 ``get`` returns whole tensors in the compute dtype and keeps them in a least-recently-used
 cache whose total size stays under ``resident_bytes``. A store given a ``matmul_dtype``
@@ -92,7 +94,15 @@ def _block_count(shape: tuple[int, ...], dtype: torch.dtype) -> int:
 class ShardWriter:
     """Writes one shard row chunk by row chunk, hashing blocks on the way; atomic on close."""
 
-    def __init__(self, store: ShardStore, name: str, shape: tuple[int, ...], dtype: torch.dtype):
+    def __init__(
+        self,
+        store: ShardStore,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        durable: bool = True,
+    ):
+        self.durable = durable
         self.store, self.name, self.shape, self.dtype = store, name, shape, dtype
         self.path = store.path(name)
         self.block_bytes = block_rows_for(shape, dtype) * (
@@ -145,7 +155,8 @@ class ShardWriter:
             raise ValueError(f"shard {self.name}: wrote {self.offset} of {expected} bytes")
         header = _header(self.name, self.shape, self.dtype, self.hashes)
         self.store._guard(self.name, lambda: _pwrite_all(self.fd, header, 0))
-        self.store._guard(self.name, lambda: os.fsync(self.fd))
+        if self.durable:
+            self.store._guard(self.name, lambda: os.fsync(self.fd))
 
     def __exit__(self, exc_type: type | None, *rest: object) -> None:
         done = False
@@ -163,7 +174,8 @@ class ShardWriter:
             self.store._guard(self.name, lambda: os.replace(self.temp, self.path))
         finally:
             self.temp.unlink(missing_ok=True)
-        fsync_dir(self.path.parent)
+        if self.durable:
+            fsync_dir(self.path.parent)
         self.store._written(self.name, self.shape, self.dtype, self.header_len, self.hashes)
 
 
@@ -222,9 +234,11 @@ class ShardStore:
                 "free space or choose another shard folder"
             ) from error
 
-    def writer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> ShardWriter:
+    def writer(
+        self, name: str, shape: tuple[int, ...], dtype: torch.dtype, durable: bool = True
+    ) -> ShardWriter:
         """Stream a new version of shard ``name`` (use as a context manager)."""
-        return ShardWriter(self, name, tuple(shape), dtype)
+        return ShardWriter(self, name, tuple(shape), dtype, durable)
 
     def put(self, name: str, tensor: Tensor, dtype: torch.dtype | None = None) -> None:
         """Write ``tensor`` as shard ``name`` atomically (in ``dtype`` on disk, default its own)."""
