@@ -19,7 +19,6 @@ use ``pread``, not memory maps: the OS page cache holds the file, the process do
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -37,6 +36,7 @@ from torch import Tensor
 
 from gradaccum.checkpoint.durable import fsync_dir
 from gradaccum.errors import UserError
+from gradaccum.memory.disk_errors import disk_problem
 
 BLOCK_BYTES = 256 * 2**10
 DISK_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -223,11 +223,8 @@ class ShardStore:
         try:
             return action()
         except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                why = "the disk is full"
-            elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-                why = "the folder is not writable"
-            else:
+            why = disk_problem(error)
+            if why is None:
                 raise
             raise UserError(
                 f"cannot write shard {name} in {self.folder}: {why} ({error.strerror}); "
