@@ -101,11 +101,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     target_rows[hit] = row if slope is None else row * slope[hit, cols, None]
             new_max = torch.maximum(running_max, logits.amax(dim=1))
             rescale = torch.exp(running_max - new_max)
-            probs = torch.exp(logits - new_max[:, None])
+            probs = logits.sub_(new_max[:, None]).exp_()  # in place: no fresh pages per chunk
             denom = denom * rescale + probs.sum(dim=1)
             if need_hidden:
-                weighted = probs if slope is None else probs * slope
-                acc = acc * rescale[:, None] + (weighted.to(w.dtype) @ w).float()
+                weighted = probs if slope is None else probs.mul_(slope)
+                acc.mul_(rescale[:, None]).add_((weighted.to(w.dtype) @ w).float())
             running_max = new_max
         lse = running_max + torch.log(denom)
         grad_hidden = acc / denom[:, None] - target_rows if need_hidden else None
@@ -128,7 +128,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 stop = min(start + ctx.chunk, source.shape[0])
                 w = _cast(source.rows(start, stop), ctx.dtype)
                 logits, slope = _logits(h, w, ctx.softcap)
-                g = torch.exp(logits - lse[:, None])
+                g = logits.sub_(lse[:, None]).exp_()
                 hit = (targets >= start) & (targets < stop)
                 g[rows[hit], targets[hit] - start] -= 1.0
                 if slope is not None:
