@@ -99,6 +99,7 @@ class BudgetPlan:
     precision: str = "fp32"  # the autocast the run trains under
     chunked_ce: bool = True
     micro_batch_size: int | None = None  # set from the engine's probe
+    grad_resident: int = 0  # full fine-tuning: gradient bytes GradSpill keeps in memory
 
     def describe(self) -> str:
         parts = ", ".join(f"{k} {v / MiB:.0f}" for k, v in self.parts.items())
@@ -114,6 +115,14 @@ class BudgetPlan:
                 f"checkpointing {'on' if self.checkpointing else 'off'}; "
                 f"micro-batch size {micro}; allocator {self.allocator}",
             ]
+            + (
+                [
+                    f"  gradients: {self.grad_resident / MiB:.0f} MiB kept in memory, the "
+                    "rest accumulated on disk; AdamW moments on disk"
+                ]
+                if self.parts.get("gradients")
+                else []
+            )
         )
 
     def apply(self, model: nn.Module, store: ShardStore) -> None:
@@ -198,6 +207,10 @@ def make_plan(
     if not checkpointing:
         spare -= extra_activations
         parts["activations"] += extra_activations
+    # Full fine-tuning: gradients kept in memory save a read-modify-write per micro-batch.
+    grad_resident = min(4 * facts.trainable_sharded, spare // 2)
+    spare -= grad_resident
+    parts["gradients"] += grad_resident
     cache = min(facts.shard_bytes * itemsize // 4, cache_min + spare // 2)
     parts["shard cache"] = cache
     if allocator == "trim":
@@ -212,4 +225,5 @@ def make_plan(
         minimum + slack,
         parts,
         precision=precision,
+        grad_resident=grad_resident,
     )
