@@ -55,3 +55,13 @@ def test_facts_of_a_sharded_lora_model(tmp_path):
     embedding = model.get_input_embeddings().weight.numel()
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad) - embedding
     assert facts.shard_bytes == 4 * frozen  # the tied embedding is streamed, not cached
+
+
+def test_spare_room_keeps_gradients_in_memory_before_growing_the_cache():
+    full = ModelFacts(**{**GEMMA.__dict__, "trainable_resident": 0, "trainable_sharded": 268e6})
+    smallest = make_plan(2**40, 0, full, 256).minimum
+    assert make_plan(smallest, 0, full, 256).grad_resident == 0
+    roomy = make_plan(smallest + 3 * 2**30, 0, full, 256)
+    assert roomy.grad_resident == 4 * full.trainable_sharded
+    assert "kept in memory, the rest accumulated on disk" in roomy.describe()
+    assert make_plan(2**40, 0, GEMMA, 256).grad_resident == 0  # LoRA: nothing sharded trains
