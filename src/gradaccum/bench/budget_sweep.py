@@ -71,7 +71,7 @@ def run(quick: bool = False, seed: int = 0, plot: Path | None = None) -> dict[st
                 continue
             fast = _run(base, "fast", lora_shards, full)
             rows.append(fast)
-            for extra in STEPS_UP_MB:
+            for extra in STEPS_UP_MB[-1:] if full else STEPS_UP_MB:  # full: slow runs
                 budget = int((fast["budget_mb"] + extra) * MiB)
                 rows.append(_run(base, budget, lora_shards, full))
     finally:
