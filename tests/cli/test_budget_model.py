@@ -144,3 +144,19 @@ def test_sharded_full_finetune_resumes_exactly_after_a_crash_inside_the_step(tmp
     ours, ref = _weights(tmp_path / "crashed" / "model"), _weights(tmp_path / "straight" / "model")
     assert sorted(ours) == sorted(ref)
     assert all(torch.equal(ours[n], ref[n]) for n in ours)
+
+
+def test_bf16_lora_writes_bf16_shards_and_full_refuses_them(tmp_path, capsys):
+    shard_dir = tmp_path / "shards"
+    argv = ["finetune", *ARGS, *SHARDED, str(shard_dir)]
+    assert main([*argv, "--out", str(tmp_path / "fp32"), "--shard-dir", str(tmp_path / "s32")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "bf16"), "--precision", "bf16"]) == 0
+    assert "weights on disk as bf16" in capsys.readouterr().out
+    store = shards.ShardStore(shard_dir)
+    assert store.info("model.layers.0.mlp.down_proj.weight").dtype == torch.bfloat16
+    for a, b in zip(_losses(tmp_path / "bf16"), _losses(tmp_path / "fp32"), strict=True):
+        assert abs(a - b) <= 0.02 * abs(b)
+    full = [*argv, "--out", str(tmp_path / "full"), "--method", "full"]
+    assert main(full) == 2
+    (err,) = _error_lines(capsys.readouterr().err)
+    assert "holds bf16 shards, but full fine-tuning trains fp32 weights" in err

@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import psutil
-import torch
 from torch import nn
 
 from gradaccum.errors import UserError
@@ -27,7 +26,7 @@ from gradaccum.memory.peak import release_free_memory
 from gradaccum.memory.shard_files import restore_shards, shard_files
 from gradaccum.memory.sharded_adamw import ShardedAdamW
 from gradaccum.memory.sharded_model import load_sharded, write_shards
-from gradaccum.memory.shards import ShardStore
+from gradaccum.memory.shards import DISK_DTYPES, ShardStore
 from gradaccum.models import (
     DEFAULT_SPEC,
     LoadedModel,
@@ -61,17 +60,28 @@ def model_folder(spec: str) -> Path:
 
 
 def load_into_shards(
-    spec: str, shard_dir: str, work_dir: Path | None = None
-) -> tuple[LoadedModel, ShardedParameters]:
+    spec: str, shard_dir: str, work_dir: Path | None = None, disk_dtype: str = "fp32"
+) -> tuple[LoadedModel, ShardedParameters, str]:
     """The model of ``spec`` with its weights in shards under ``shard_dir``: frozen, or
-    (with ``work_dir``, full fine-tuning) trainable in a working copy there."""
+    (with ``work_dir``, full fine-tuning) trainable in a working copy there.
+
+    A new shard folder is written in ``disk_dtype``; an existing one is used as it is.
+    Returns the model, its shards and their dtype on disk.
+    """
     folder = model_folder(spec)
     tokenizer = _load_tokenizer(folder, {"local_files_only": True})
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     store = ShardStore(shard_dir)
-    if not any(store.names()):
-        write_shards(folder, store, torch.float32)
+    names = list(store.names())
+    if not names:
+        names = write_shards(folder, store, DISK_DTYPES[disk_dtype])
+    stored = {v: k for k, v in DISK_DTYPES.items()}[store.info(names[0]).dtype]
+    if work_dir is not None and stored != "fp32":
+        raise UserError(
+            f"{shard_dir} holds {stored} shards, but full fine-tuning trains fp32 weights: "
+            "choose another --shard-dir (it will be written in fp32)"
+        )
     if work_dir is not None:
         work = ShardStore(work_dir)
         restore_shards(work, shard_files(store))  # links: the base shards stay untouched
@@ -79,16 +89,24 @@ def load_into_shards(
         store = work
     model, sharded = load_sharded(folder, store, trainable=work_dir is not None)
     source = f"{spec} (weights in shards under {store.folder})"
-    return LoadedModel(model, tokenizer, model.config.model_type, source, _context(model)), sharded
+    loaded = LoadedModel(model, tokenizer, model.config.model_type, source, _context(model))
+    return loaded, sharded, stored
 
 
 def plan_budget(
-    model: nn.Module, sharded: ShardedParameters, budget: int, seq_len: int
+    model: nn.Module,
+    sharded: ShardedParameters,
+    budget: int,
+    seq_len: int,
+    *,
+    precision: str = "fp32",
+    disk_dtype: str = "fp32",
 ) -> tuple[BudgetPlan, ChunkedCausalLMLoss]:
     """Make, print and apply the plan for ``budget`` bytes; the loss to train with."""
     facts = ModelFacts.of(model, trainable_sharded=any(True for _ in sharded.named_trainable()))
     release_free_memory()  # what loading (the tokenizer above all) freed but glibc kept
-    plan = make_plan(budget, psutil.Process().memory_info().rss, facts, seq_len)
+    rss = psutil.Process().memory_info().rss
+    plan = make_plan(budget, rss, facts, seq_len, disk_dtype=disk_dtype, precision=precision)
     plan.apply(model, sharded.store)
     print(plan.describe())
     return plan, ChunkedCausalLMLoss()

@@ -202,7 +202,9 @@ def run(args: argparse.Namespace) -> int:
     if config["shard_dir"]:  # weights stay on disk, read per layer (gradaccum.memory)
         full = config["method"] == "full"  # trains a working copy of the shards in OUT
         work = out / "shards" if full else None
-        loaded, sharded = load_into_shards(config["model"], config["shard_dir"], work)
+        # bf16 LoRA: frozen weights stored in bf16 go to the matmul as they are
+        disk = "bf16" if config["precision"] == "bf16" and not full else "fp32"
+        loaded, sharded, disk = load_into_shards(config["model"], config["shard_dir"], work, disk)
     else:
         loaded = load_model(config["model"])
     tokenizer = loaded.tokenizer
@@ -216,7 +218,14 @@ def run(args: argparse.Namespace) -> int:
         model = apply_lora(model, r=config["lora_r"], alpha=config["lora_alpha"])
     loss_fn = CausalLMLoss()
     if config["shard_dir"]:  # print the memory plan; chunked loss, checkpointing if needed
-        plan, loss_fn = plan_budget(model, sharded, config["memory_budget"], seq_len)
+        plan, loss_fn = plan_budget(
+            model,
+            sharded,
+            config["memory_budget"],
+            seq_len,
+            precision=config["precision"],
+            disk_dtype=disk,
+        )
     trainable = [p for p in model.parameters() if p.requires_grad]
     print(f"trainable parameters: {sum(p.numel() for p in trainable):,} ({config['method']})")
     train, report = make_samples(train_docs, tokenizer, seq_len)
