@@ -9,7 +9,9 @@ once beforehand in a separate process and is reported apart. Tokens per second c
 steps after the first. gradaccum runs at its plan's smallest budget for the trimming
 allocator mode ("fast"); for Gemma also at the strict mode's smallest budget ("min"), and
 in bf16 with its frozen weights stored in bf16 (what autocast would cast them to anyway).
-On a shared machine, single-run speeds drift: compare ratios from quiet runs.
+The three Gemma LoRA runs behind the speed ratios (baseline,
+fp32, bf16) run twice in alternation and the faster of each counts: single runs on a
+shared machine drift.
 """
 
 from __future__ import annotations
@@ -52,6 +54,13 @@ def _variants(model: str) -> list[tuple[str, str, str, str]]:
         runs += [("baseline", method, "fp32", "-"), ("gradaccum", method, "fp32", "fast")]
     if model == "gemma3-270m":
         runs += [("gradaccum", "lora", "fp32", "min"), ("gradaccum", "lora", "bf16", "fast")]
+        # The speed goals rest on these three: a second round, so that a burst of other
+        # work on the machine during one run does not decide a ratio.
+        runs += [
+            ("baseline", "lora", "fp32", "-"),
+            ("gradaccum", "lora", "fp32", "fast"),
+            ("gradaccum", "lora", "bf16", "fast"),
+        ]
     return runs
 
 
@@ -102,13 +111,14 @@ def _pick(rows: list[dict], **match: Any) -> list[dict]:
 
 
 def _ratio(rows: list[dict], model: str, precision: str) -> float:
-    """gradaccum / baseline (fp32) tokens per second, LoRA, at the fast budget."""
+    """gradaccum / baseline (fp32) tokens per second, LoRA, at the fast budget; the best
+    run of each side (runs are repeated in alternation; slowdowns come from outside)."""
     ours = _pick(rows, model=model, method="lora", runner="gradaccum", precision=precision)
     ours = [r for r in ours if r["budget"] == "fast"]
     base = _pick(rows, model=model, method="lora", runner="baseline", precision="fp32")
     if not ours or not base:
         return float("nan")
-    return ours[0]["tokens_per_s"] / base[0]["tokens_per_s"]
+    return max(r["tokens_per_s"] for r in ours) / max(r["tokens_per_s"] for r in base)
 
 
 def _summary(rows: list[dict], prepared: dict[str, float], main: str, quick: bool) -> dict:
