@@ -3,7 +3,7 @@
 Every configuration runs in its own fresh process (``bench.memory_worker``), so each peak
 resident set (VmHWM, kept across the engine's probe resets) is that run's alone, imports
 included. gradaccum runs under its plan's smallest feasible budget: weights in shards,
-chunked cross-entropy, per-block checkpointing, AdamW moments on disk for full
+chunked cross-entropy, per-block checkpointing, gradients and AdamW moments on disk for full
 fine-tuning. Preparing a model (GGUF conversion, random weights, writing shards) happens
 once beforehand in a separate process and is reported apart. Tokens per second count the
 steps after the first. gradaccum runs at its plan's smallest budget for the trimming
