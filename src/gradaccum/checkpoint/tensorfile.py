@@ -42,29 +42,35 @@ def _as_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy())
 
 
-def safetensors_chunks(tensors: dict[str, torch.Tensor]) -> Iterator[bytes | memoryview]:
-    """Yield the bytes of a safetensors file holding `tensors`: header first, then data."""
+def safetensors_header(entries: list[tuple[str, torch.dtype, tuple[int, ...]]]) -> bytes:
+    """The header of a safetensors file whose tensors (name, dtype, shape) follow in order."""
     if sys.byteorder != "little":
         raise RuntimeError("safetensors files are little-endian; this machine is not")
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
-    names = sorted(tensors)
-    for name in names:
-        tensor = tensors[name]
-        if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided:
-            raise TypeError(f"checkpoint entry {name!r} is not a dense tensor")
-        if tensor.dtype not in _DTYPE_NAMES:
-            raise TypeError(f"checkpoint entry {name!r} has unsupported dtype {tensor.dtype}")
-        nbytes = tensor.numel() * tensor.element_size()
+    for name, dtype, shape in entries:
+        if dtype not in _DTYPE_NAMES:
+            raise TypeError(f"checkpoint entry {name!r} has unsupported dtype {dtype}")
+        nbytes = torch.Size(shape).numel() * dtype.itemsize
         header[name] = {
-            "dtype": _DTYPE_NAMES[tensor.dtype],
-            "shape": list(tensor.shape),
+            "dtype": _DTYPE_NAMES[dtype],
+            "shape": list(shape),
             "data_offsets": [offset, offset + nbytes],
         }
         offset += nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-(8 + len(encoded)) % 8)
-    yield struct.pack("<Q", len(encoded)) + encoded
+    return struct.pack("<Q", len(encoded)) + encoded
+
+
+def safetensors_chunks(tensors: dict[str, torch.Tensor]) -> Iterator[bytes | memoryview]:
+    """Yield the bytes of a safetensors file holding `tensors`: header first, then data."""
+    names = sorted(tensors)
+    for name in names:
+        tensor = tensors[name]
+        if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided:
+            raise TypeError(f"checkpoint entry {name!r} is not a dense tensor")
+    yield safetensors_header([(n, tensors[n].dtype, tuple(tensors[n].shape)) for n in names])
     for name in names:
         yield _as_bytes(tensors[name])
 
