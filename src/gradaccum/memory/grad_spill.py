@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from gradaccum.errors import UserError
-from gradaccum.memory.disk_errors import disk_problem
+from gradaccum.memory.disk_errors import guarded
 
 CHUNK_BYTES = 8 * 2**20  # rows read at a time by ``norm_sq``
 
@@ -174,16 +174,7 @@ class GradSpill:
         self._written.clear()
 
     def _guard(self, action):  # noqa: ANN001, ANN202
-        try:
-            return action()
-        except OSError as error:
-            why = disk_problem(error)
-            if why is None:
-                raise
-            raise UserError(
-                f"cannot keep gradients in {self.folder}: {why} ({error.strerror}); "
-                "free space or choose another shard folder"
-            ) from error
+        return guarded(action, f"keep gradients in {self.folder}")
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:

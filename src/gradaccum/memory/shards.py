@@ -36,7 +36,7 @@ from torch import Tensor
 
 from gradaccum.checkpoint.durable import fsync_dir
 from gradaccum.errors import UserError
-from gradaccum.memory.disk_errors import disk_problem
+from gradaccum.memory.disk_errors import guarded
 
 BLOCK_BYTES = 256 * 2**10
 DISK_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -220,16 +220,7 @@ class ShardStore:
 
     def _guard(self, name: str, action):  # noqa: ANN001, ANN202
         """Run a file operation; a full or unwritable disk becomes one clear line."""
-        try:
-            return action()
-        except OSError as error:
-            why = disk_problem(error)
-            if why is None:
-                raise
-            raise UserError(
-                f"cannot write shard {name} in {self.folder}: {why} ({error.strerror}); "
-                "free space or choose another shard folder"
-            ) from error
+        return guarded(action, f"write shard {name} in {self.folder}")
 
     def writer(
         self, name: str, shape: tuple[int, ...], dtype: torch.dtype, durable: bool = True
