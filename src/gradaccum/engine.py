@@ -291,6 +291,7 @@ class Accumulator:
             "token_budget": self.token_budget,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "combiner": self.combiner.state_dict() if self.combiner is not None else None,
+            "transforms": [t.state_dict() for t in self.transforms],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -302,6 +303,13 @@ class Accumulator:
             self.precision.scaler.load_state_dict(state["scaler"])
         if state.get("combiner") is not None and self.combiner is not None:
             self.combiner.load_state_dict(state["combiner"])
+        saved = state.get("transforms") or []
+        if saved and len(saved) != len(self.transforms):  # e.g. --clip changed with --force
+            log.warning("transform state not restored: saved for %d transforms", len(saved))
+            saved = []
+        for transform, transform_state in zip(self.transforms, saved, strict=False):
+            if transform_state:
+                transform.load_state_dict(transform_state)
 
 
 def _batch_norms(model: nn.Module) -> list[nn.Module]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -249,3 +251,29 @@ def test_spec():
     assert isinstance(transforms[1], ClipGlobal)
     with pytest.raises(UserError, match="per-sample"):
         parse_clip("per-sample:x")
+
+
+def test_a_lambda_schedule_resumes_where_it_stood():
+    """The schedule's step travels in the engine's state_dict (checkpoints hold it)."""
+    model = TinyCausalLM()
+    batch = make_lm_batch([4, 6, 3, 5], seed=2)
+    seen = []
+
+    def lam(step):
+        seen.append(step)
+        return 1.0
+
+    def engine():
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        return Accumulator(model, optimizer, micro_batch_size=2, transforms=[ClipPerSample(lam)])
+
+    first = engine()
+    for _ in range(3):
+        first.step(batch, CausalLMLoss())
+    state = json.loads(json.dumps(first.state_dict()))
+    assert state["transforms"] == [{"step": 3}]
+    second = engine()
+    second.load_state_dict(state)
+    seen.clear()
+    second.step(batch, CausalLMLoss())
+    assert set(seen) == {3}

@@ -65,6 +65,13 @@ class Transform:
     def end_window(self) -> None:
         """Undo whatever ``begin_window`` set up."""
 
+    def state_dict(self) -> dict:
+        """What an exact resume needs (JSON-able); most transforms keep nothing."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` gave."""
+
 
 def total_norm(grads: list[Tensor]) -> Tensor:
     """Global L2 norm of a list of gradients, computed in fp32."""

@@ -83,6 +83,12 @@ class ClipPerSample(Transform):
         self.step += 1
         return {}
 
+    def state_dict(self) -> dict:
+        return {"step": self.step}  # where a lambda schedule stands
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
     def end_window(self) -> None:
         if self.collector is not None:
             self.collector.detach()
