@@ -21,7 +21,7 @@ from torch import Tensor
 
 from gradaccum.bench.multitask_tasks import Problem, cnn_problem, lm_problem
 from gradaccum.bench.recorder import GradRecorder
-from gradaccum.bench.timing import interleaved_timings, paired_ratio
+from gradaccum.bench.timing import interleaved_timings, one_thread, paired_ratio
 from gradaccum.engine import Accumulator
 from gradaccum.multitask import make_combiner
 from gradaccum.plan import slice_batch
@@ -152,12 +152,8 @@ def run(quick: bool = False, seed: int = 0) -> dict:
     Runs on one thread: on a small shared machine a second OpenMP thread mostly waits
     for a core, which makes small kernels many times slower and the timings erratic.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return _run(QUICK if quick else FULL, quick, seed)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(s: Shape, quick: bool, seed: int) -> dict:

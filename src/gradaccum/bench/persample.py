@@ -45,7 +45,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from gradaccum.bench.accumulation import rel_err
 from gradaccum.bench.persample_opacus import Forward, ghost_step, hooks_step
 from gradaccum.bench.recorder import GradRecorder
-from gradaccum.bench.timing import interleaved_timings, paired_ratio
+from gradaccum.bench.timing import interleaved_timings, one_thread, paired_ratio
 from gradaccum.engine import Accumulator
 from gradaccum.losses import IGNORE_INDEX, CausalLMLoss, SampleLoss
 from gradaccum.memory.peak import PeakMeter, release_free_memory
@@ -271,13 +271,9 @@ def run(quick: bool = False, seed: int = 0) -> dict:
     (tiny layers then take tens of milliseconds in barriers).
     """
     shape = QUICK if quick else FULL
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         results = [measure(case, shape.repeats) for case in cases(shape, seed)]
         errs = reference_errors(seed)
-    finally:
-        torch.set_num_threads(threads)
     longest = next(r for r in results if r["name"] == f"gpt2 T={max(shape.lengths)}")
     lm = longest["variants"]
     opacus_errs = [

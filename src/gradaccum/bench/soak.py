@@ -20,6 +20,7 @@ import psutil
 import torch
 
 from gradaccum.bench.accumulation import QUICK, build_batch, build_model
+from gradaccum.bench.timing import one_thread
 from gradaccum.checkpoint import flatten_optimizer_state, load_checkpoint, save_checkpoint
 from gradaccum.engine import Accumulator
 from gradaccum.losses import CausalLMLoss
@@ -79,13 +80,8 @@ def soak(micro_steps: int, seed: int, folder: Path) -> dict[str, Any]:
 
 def run(quick: bool = False, seed: int = 0) -> dict[str, Any]:
     """``gradaccum bench soak``: 5,000 micro-steps, or 1,000 with --quick."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tensors this small only pay for thread hand-offs
-    try:
-        with tempfile.TemporaryDirectory(prefix="gradaccum-soak-") as tmp:
-            return soak(1000 if quick else 5000, seed, Path(tmp))
-    finally:
-        torch.set_num_threads(threads)
+    with one_thread(), tempfile.TemporaryDirectory(prefix="gradaccum-soak-") as tmp:
+        return soak(1000 if quick else 5000, seed, Path(tmp))  # tiny tensors: one thread
 
 
 def format_table(result: dict[str, Any]) -> str:

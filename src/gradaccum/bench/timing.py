@@ -7,15 +7,28 @@ per-round ratios between two variants is stable even when the absolute times are
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
 
 from gradaccum.memory.peak import PeakMeter
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread, then restore the count: on a small shared machine a second
+    OpenMP thread mostly waits for a core, and small kernels pay for the hand-offs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)

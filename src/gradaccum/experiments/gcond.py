@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gradaccum.bench.timing import one_thread
 from gradaccum.engine import Accumulator
 from gradaccum.experiments.images import ImageSplit, load_images, random_mask
 from gradaccum.experiments.ssim import ssim
@@ -230,13 +231,9 @@ def run(quick: bool = False, seeds: int = 3, out: str | Path = "runs/experiments
     s = QUICK if quick else FULL
     if s.k % len(TASK_WEIGHTS):
         raise ValueError("stochastic GCond needs K to be a multiple of the task count")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         data = load_images(s.size, patches_per_image=s.patches_per_image)
         runs = [train_seed(s, data, seed) for seed in range(seeds)]
-    finally:
-        torch.set_num_threads(threads)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     result = {

@@ -23,8 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from gradaccum.bench.timing import one_thread
 from gradaccum.experiments.noisy_digits import load_digits
 from gradaccum.experiments.psclip_digits import VARIANTS, DigitsSetting, train_seed, tune
 from gradaccum.experiments.psclip_gemma import GemmaSetting, run_gemma
@@ -86,11 +85,9 @@ def run(
     One thread: on a small shared machine a second OpenMP thread mostly waits for a core.
     """
     s, g = (QUICK_DIGITS, QUICK_GEMMA) if quick else (DIGITS, GEMMA)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     settings: dict[str, Any] = {}
     runs: dict[str, list[dict[str, Any]]] = {}
-    try:
+    with one_thread():
         sizes = _digits(s, seeds, settings, runs)
         if not skip_gemma:
             factors = {m: v["factor"] for m, v in settings["digits_clean"]["tuned"].items()}
@@ -98,8 +95,6 @@ def run(
             runs["gemma"] = lm.pop("runs")
             settings["gemma"] = {"metric": "held-out perplexity", "factors": factors, **lm}
             settings["gemma"]["methods"] = summarize(runs["gemma"])
-    finally:
-        torch.set_num_threads(threads)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     result = {
