@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -49,7 +49,16 @@ FULL = BenchShape(4, 256, 4, 8192, 32, 16, 128, (2, 4, 8), 7)
 QUICK = BenchShape(2, 64, 2, 1024, 8, 8, 32, (2, 4, 8), 1)
 
 
-def build_model(shape: BenchShape, seed: int) -> GPT2LMHeadModel:
+class GPT2Sizes(Protocol):
+    """What ``build_model`` reads of a bench's shape."""
+
+    vocab_size: int
+    n_layer: int
+    n_embd: int
+    n_head: int
+
+
+def build_model(shape: GPT2Sizes, seed: int) -> GPT2LMHeadModel:
     """GPT-2 architecture at the bench's size, dropout off, seeded without touching global RNG."""
     config = GPT2Config(
         vocab_size=shape.vocab_size,

@@ -40,9 +40,8 @@ import psutil
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import GPT2Config, GPT2LMHeadModel
 
-from gradaccum.bench.accumulation import rel_err
+from gradaccum.bench.accumulation import build_model, rel_err
 from gradaccum.bench.persample_opacus import Forward, ghost_step, hooks_step
 from gradaccum.bench.recorder import GradRecorder
 from gradaccum.bench.timing import interleaved_timings, one_thread, paired_ratio
@@ -124,25 +123,9 @@ def cnn_forward(model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor,
     return model(batch[0]), batch[1], None
 
 
-def gpt2(shape: BenchShape, seed: int) -> GPT2LMHeadModel:
-    """GPT-2 architecture (tied input and output embedding) at the bench's size, no dropout."""
-    config = GPT2Config(
-        vocab_size=shape.vocab_size,
-        n_layer=shape.n_layer,
-        n_embd=shape.n_embd,
-        n_head=shape.n_head,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return GPT2LMHeadModel(config)
-
-
 def cases(shape: BenchShape, seed: int) -> list[Case]:
     g = torch.Generator().manual_seed(seed)
-    lm = gpt2(shape, seed)
+    lm = build_model(shape, seed)  # GPT-2: tied input and output embedding
     out = []
     for t in shape.lengths:
         ids = torch.randint(0, shape.vocab_size, (shape.batch, t), generator=g)
@@ -243,7 +226,7 @@ def _check(model: nn.Module, batch: Any, samples: list[Any], loss_fn: Any, micro
 def reference_errors(seed: int) -> dict[str, float]:
     """gradaccum against ``clipped_reference`` on a tiny GPT-2 (padded) and a tiny AlexNet."""
     g = torch.Generator().manual_seed(seed)
-    lm = gpt2(QUICK, seed)
+    lm = build_model(QUICK, seed)
     lengths = [5, 12, 3, 9, 7]
     width = max(lengths) + 2
     ids = torch.randint(0, QUICK.vocab_size, (len(lengths), width), generator=g)
