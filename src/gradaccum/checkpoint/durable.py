@@ -40,6 +40,14 @@ def write_durably(path: Path, chunks: Iterable[bytes | memoryview]) -> FileRecor
     return FileRecord(digest.hexdigest(), size)
 
 
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (``os.pwrite`` may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done
+
+
 def fsync_dir(path: Path) -> None:
     """Persist a folder's entries (new files, renames) so they survive a power cut."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from gradaccum.checkpoint.durable import pwrite_all
 from gradaccum.errors import UserError
 from gradaccum.memory.disk_errors import guarded
 
@@ -105,7 +106,7 @@ class GradSpill:
             current = self._pread(fd, offset, grad.shape)
             current += grad
         data = memoryview(current.numpy()).cast("B")
-        self._guard(lambda: _pwrite_all(fd, data, offset))
+        self._guard(lambda: pwrite_all(fd, data, offset))
         self.bytes_written += len(data)
 
     def _pread(self, fd: int, offset: int, shape: torch.Size | tuple[int, ...]) -> Tensor:
@@ -175,9 +176,3 @@ class GradSpill:
 
     def _guard(self, action):  # noqa: ANN001, ANN202
         return guarded(action, f"keep gradients in {self.folder}")
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(data):
-        done += os.pwrite(fd, data[done:], offset + done)

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from gradaccum.checkpoint.durable import fsync_dir
+from gradaccum.checkpoint.durable import pwrite_all as _pwrite_all  # tests patch it here
 from gradaccum.errors import UserError
 from gradaccum.memory.disk_errors import guarded
 
@@ -177,13 +178,6 @@ class ShardWriter:
         if self.durable:
             fsync_dir(self.path.parent)
         self.store._written(self.name, self.shape, self.dtype, self.header_len, self.hashes)
-
-
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        done = os.pwrite(fd, view, offset)
-        view, offset = view[done:], offset + done
 
 
 class ShardStore:
